@@ -1,0 +1,416 @@
+"""Experiment configuration: one YAML file per experiment, typed and validated.
+
+The schema is a tree of dataclasses. `load_experiment` reads a YAML file, applies
+`key.sub=value` overrides and converts the result, refusing unknown keys, wrong
+types and impossible values with a message that names the dotted key at fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+from clup.errors import ConfigError
+
+CANONICAL_CLASSES = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral")
+
+
+T = TypeVar("T")
+
+
+@dataclass
+class DatasetConfig:
+    """Where a domain's images come from.
+
+    `manifest`: a CSV `path,label[,split]` with paths relative to the CSV.
+    `synthetic`: the embedded benchmark, rendered once into `path` and then read
+    through its manifest exactly like user data.
+    """
+
+    kind: Literal["manifest", "synthetic"] = "manifest"
+    path: str = ""
+    domain: Literal["studio", "wild"] = "wild"
+    seed: int = 0
+    train_size: int = 4000
+    test_size: int = 1000
+
+    def validate(self, key: str) -> None:
+        if not self.path:
+            raise ConfigError(f"{key}.path is required: the manifest CSV or the output folder")
+        if self.kind == "synthetic":
+            _positive(self.train_size, f"{key}.train_size")
+            _positive(self.test_size, f"{key}.test_size")
+
+    @property
+    def manifest_path(self) -> Path:
+        if self.kind == "synthetic":
+            return Path(self.path) / "manifest.csv"
+        return Path(self.path)
+
+
+@dataclass
+class BackboneConfig:
+    """The feature extractor; `small_cnn` exists for the CPU demo and tests."""
+
+    name: Literal["resnet18", "small_cnn"] = "resnet18"
+    width: int = 16
+    small_images: bool = False
+
+    def validate(self, key: str) -> None:
+        _positive(self.width, f"{key}.width")
+
+
+@dataclass
+class PreprocessingConfig:
+    """Evaluation-time input handling; stored in every checkpoint."""
+
+    image_size: int = 160
+    mean: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: list[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+    def validate(self, key: str) -> None:
+        _positive(self.image_size, f"{key}.image_size")
+        for name in ("mean", "std"):
+            if len(getattr(self, name)) != 3:
+                raise ConfigError(f"{key}.{name} must have 3 values (R, G, B)")
+        if any(s <= 0 for s in self.std):
+            raise ConfigError(f"{key}.std must be positive, got {self.std}")
+
+
+@dataclass
+class OptimizerConfig:
+    """Optimiser and cosine schedule over the stage's epochs."""
+
+    name: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    warmup_epochs: int = 0
+
+    def validate(self, key: str) -> None:
+        _positive(self.lr, f"{key}.lr")
+        if self.weight_decay < 0:
+            raise ConfigError(f"{key}.weight_decay must be >= 0, got {self.weight_decay}")
+        if self.warmup_epochs < 0:
+            raise ConfigError(f"{key}.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+
+
+@dataclass
+class SourceConfig:
+    """The source model: an existing checkpoint, or how to train one."""
+
+    checkpoint: str | None = None
+    data: DatasetConfig | None = None
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    epochs: int = 100
+    batch_size: int = 64
+    label_smoothing: float = 0.1
+    optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=0.01))
+
+    def validate(self, key: str) -> None:
+        if self.checkpoint is None and self.data is None:
+            raise ConfigError(f"{key}: set either {key}.checkpoint or {key}.data to train one")
+        _positive(self.epochs, f"{key}.epochs")
+        _positive(self.batch_size, f"{key}.batch_size")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"{key}.label_smoothing must be in [0, 1)")
+
+
+@dataclass
+class ClusterLabelerConfig:
+    """Stage 1: K-means on source embeddings, cluster-level pseudo-labels."""
+
+    num_clusters: int = 250
+    selection_ratio: float = 0.1
+    purity_threshold: float | None = None
+    append_one: bool = True
+    drop_disagreeing: bool = False
+    kmeans_max_iter: int = 300
+    kmeans_n_init: int = 1
+    batch_size: int = 256
+
+    def validate(self, key: str) -> None:
+        _positive(self.num_clusters, f"{key}.num_clusters")
+        if not 0 < self.selection_ratio <= 1:
+            raise ConfigError(
+                f"{key}.selection_ratio must be in (0, 1], got {self.selection_ratio}"
+            )
+        if self.purity_threshold is not None and not 0 <= self.purity_threshold <= 1:
+            raise ConfigError(f"{key}.purity_threshold must be in [0, 1] or null")
+        _positive(self.kmeans_max_iter, f"{key}.kmeans_max_iter")
+        _positive(self.kmeans_n_init, f"{key}.kmeans_n_init")
+        _positive(self.batch_size, f"{key}.batch_size")
+
+
+@dataclass
+class SwAVConfig:
+    """Stage 2: SwAV with multi-crop (Caron et al., 2020)."""
+
+    epochs: int = 200
+    batch_size: int = 64
+    optimizer: OptimizerConfig = field(
+        default_factory=lambda: OptimizerConfig(
+            name="sgd", lr=0.06, momentum=0.9, nesterov=False, weight_decay=1e-6, warmup_epochs=10
+        )
+    )
+    n_prototypes: int = 3000
+    projection_hidden_dim: int = 2048
+    projection_dim: int = 128
+    n_global_crops: int = 2
+    n_local_crops: int = 6
+    local_crop_size: int = 64
+    global_crop_scale: list[float] = field(default_factory=lambda: [0.14, 1.0])
+    local_crop_scale: list[float] = field(default_factory=lambda: [0.05, 0.14])
+    temperature: float = 0.1
+    sinkhorn_epsilon: float = 0.05
+    sinkhorn_iterations: int = 3
+    freeze_prototypes_epochs: int = 1
+    queue_length: int = 0
+    queue_start_epoch: int = 15
+
+    def validate(self, key: str) -> None:
+        for name in ("epochs", "batch_size", "n_prototypes", "projection_hidden_dim",
+                     "projection_dim", "local_crop_size"):
+            _positive(getattr(self, name), f"{key}.{name}")
+        if self.n_global_crops < 2:
+            raise ConfigError(f"{key}.n_global_crops must be >= 2 for swapped prediction")
+        for name in ("global_crop_scale", "local_crop_scale"):
+            lo_hi = getattr(self, name)
+            if len(lo_hi) != 2 or not 0 < lo_hi[0] <= lo_hi[1] <= 1:
+                raise ConfigError(f"{key}.{name} must be [low, high] with 0 < low <= high <= 1")
+        if self.queue_length < 0 or self.queue_length % self.batch_size:
+            raise ConfigError(
+                f"{key}.queue_length must be 0 or a multiple of {key}.batch_size "
+                f"({self.batch_size}), got {self.queue_length}"
+            )
+
+
+@dataclass
+class FinetuneConfig:
+    """Stage 3: a new head on the SwAV backbone, trained on selected pseudo-labels."""
+
+    epochs: int = 50
+    batch_size: int = 32
+    mixup_alpha: float = 0.2
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+
+    def validate(self, key: str) -> None:
+        _positive(self.epochs, f"{key}.epochs")
+        _positive(self.batch_size, f"{key}.batch_size")
+        if self.mixup_alpha < 0:
+            raise ConfigError(f"{key}.mixup_alpha must be >= 0, got {self.mixup_alpha}")
+
+
+@dataclass
+class RuntimeConfig:
+    """Hardware and process settings shared by every stage."""
+
+    accelerator: Literal["auto", "cpu", "gpu"] = "auto"
+    precision: str = "32-true"
+    num_workers: int = 4
+    threads: int | None = None
+
+    def validate(self, key: str) -> None:
+        if self.num_workers < 0:
+            raise ConfigError(f"{key}.num_workers must be >= 0")
+        if self.threads is not None:
+            _positive(self.threads, f"{key}.threads")
+
+
+@dataclass
+class WandbConfig:
+    """Weights & Biases: `auto` logs online when an account is configured, else offline."""
+
+    project: str = "clup"
+    entity: str | None = None
+    mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+
+
+@dataclass
+class ExperimentConfig:
+    """One experiment: a source model, a target domain and the three CluP stages."""
+
+    name: str
+    target: DatasetConfig
+    source: SourceConfig
+    seed: int = 0
+    classes: list[str] = field(default_factory=lambda: list(CANONICAL_CLASSES))
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
+    cluster_labeler: ClusterLabelerConfig = field(default_factory=ClusterLabelerConfig)
+    swav: SwAVConfig = field(default_factory=SwAVConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+    output_root: str = "lightning_logs"
+
+    def validate(self, key: str = "") -> None:
+        if not self.name or "/" in self.name or self.name.startswith("."):
+            raise ConfigError(f"name must be a non-empty folder name, got {self.name!r}")
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ConfigError(f"classes must list at least 2 distinct names, got {self.classes}")
+        k = self.cluster_labeler.num_clusters
+        if k < len(self.classes):
+            raise ConfigError(
+                f"cluster_labeler.num_clusters must be at least the number of classes "
+                f"({len(self.classes)}), got {k}"
+            )
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_root) / self.name
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Read an experiment YAML, apply `key.sub=value` overrides, convert and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"experiment file {path} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys, got {type(raw).__name__}")
+    for item in overrides:
+        apply_override(raw, item)
+    try:
+        return experiment_from_dict(raw)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+
+
+def experiment_from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
+    return from_dict(ExperimentConfig, raw)
+
+
+def from_dict(cls: type[T], raw: Mapping[str, Any], key: str = "") -> T:
+    """Convert a plain mapping (YAML, a checkpoint's settings) into dataclass `cls`."""
+    node = _convert(raw, cls, key)
+    _validate_tree(node, key)
+    return node
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (so 3, 0.1, null)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_yaml(config: Any) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def _validate_tree(node: Any, key: str) -> None:
+    if not dataclasses.is_dataclass(node):
+        return
+    for f in dataclasses.fields(node):
+        _validate_tree(getattr(node, f.name), _join(key, f.name))
+    if hasattr(node, "validate"):
+        node.validate(key)
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        return _convert(value, inner[0], key)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        if value not in allowed:
+            raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_convert(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(annotation):
+        return _convert_dataclass(value, annotation, key)
+    return _convert_scalar(value, annotation, key)
+
+
+def _convert_dataclass(value: Any, cls: type, key: str) -> Any:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key or 'the experiment'} must be a mapping, got {value!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in value:
+        if name not in fields:
+            close = difflib.get_close_matches(str(name), fields, n=1)
+            hint = f" (did you mean {_join(key, close[0])}?)" if close else ""
+            raise ConfigError(
+                f"unknown key {_join(key, str(name))}{hint}; "
+                f"accepted keys here: {', '.join(fields)}"
+            )
+    kwargs = {}
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = _convert(value[name], hints[name], _join(key, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_join(key, name)} is required")
+    return cls(**kwargs)
+
+
+def _convert_scalar(value: Any, annotation: Any, key: str) -> Any:
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} at {key}")
+
+
+def _positive(value: float, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be positive, got {value}")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name

@@ -1,0 +1,178 @@
+"""One LightningDataModule per domain, shared by every stage.
+
+The stage picks what the training loader yields (`train_views`):
+- `labels`: the split's own labels with training augmentation (source training);
+- `multicrop`: SwAV multi-crop views, no labels (stage 2);
+- `pseudo_labels`: the subset selected by stage 1 with its pseudo-labels (stage 3).
+`predict_dataloader` is the train split with evaluation transforms and sample
+indices (stage 1); `test_dataloader` is the test split (evaluation).
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+
+from clup.config import DatasetConfig, PreprocessingConfig, SwAVConfig
+from clup.data.manifest import ImageTable, read_manifest
+from clup.data.transforms import MultiCrop, eval_transform, train_transform
+from clup.errors import ManifestError
+
+TrainViews = Literal["labels", "multicrop", "pseudo_labels"]
+
+
+class ImageDataset(Dataset):
+    """Images with labels and their index in the split; transform applied per item."""
+
+    def __init__(self, table: ImageTable, transform: Callable[..., Any], indices=None) -> None:
+        self.table = table
+        self.transform = transform
+        self.indices = np.arange(len(table)) if indices is None else np.asarray(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, item: int) -> tuple[Any, int, int]:
+        index = int(self.indices[item])
+        image = load_image(self.table.paths[index])
+        if isinstance(self.transform, MultiCrop):
+            views = self.transform(image)
+        else:
+            views = self.transform(image=image)["image"]
+        return views, int(self.table.labels[index]), index
+
+
+def load_image(path: Path) -> np.ndarray:
+    """RGB uint8 array; greyscale sources are replicated to three channels."""
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except FileNotFoundError:
+        raise ManifestError(f"image {path} does not exist") from None
+    except (UnidentifiedImageError, OSError) as err:
+        raise ManifestError(f"image {path} cannot be read: {err}") from None
+
+
+def read_selected_pseudo_labels(path: Path, table: ImageTable) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and pseudo-labels of the rows stage 1 selected, checked against `table`."""
+    indices, labels = [], []
+    with path.open(newline="") as handle:
+        for line, row in enumerate(csv.DictReader(handle), start=2):
+            index = int(row["index"])
+            if index >= len(table) or row["path"] != str(table.paths[index]):
+                raise ManifestError(
+                    f"{path}:{line}: row does not match the target train split; "
+                    "the dataset changed since stage 1 ran"
+                )
+            if row["selected"] == "1":
+                indices.append(index)
+                labels.append(int(row["pseudo_label"]))
+    return np.asarray(indices, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+
+
+class DomainDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        dataset: DatasetConfig,
+        classes: list[str],
+        preprocessing: PreprocessingConfig,
+        *,
+        batch_size: int = 64,
+        eval_batch_size: int = 256,
+        num_workers: int = 0,
+        train_views: TrainViews = "labels",
+        swav: SwAVConfig | None = None,
+        pseudo_labels: Path | None = None,
+    ) -> None:
+        super().__init__()
+        self.dataset = dataset
+        self.classes = classes
+        self.preprocessing = preprocessing
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.num_workers = num_workers
+        self.train_views = train_views
+        self.swav = swav
+        self.pseudo_labels = pseudo_labels
+        self.splits: dict[str, ImageTable] = {}
+
+    def prepare_data(self) -> None:
+        prepare_dataset(self.dataset)
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.splits:
+            self.splits = read_manifest(self.dataset.manifest_path, self.classes)
+        if not len(self.splits["train"]):
+            raise ManifestError(f"{self.dataset.manifest_path} has no train images")
+
+    @property
+    def train_table(self) -> ImageTable:
+        return self.splits["train"]
+
+    @property
+    def test_table(self) -> ImageTable:
+        return self.splits["test"]
+
+    def train_dataloader(self) -> DataLoader:
+        table = self.train_table
+        if self.train_views == "multicrop":
+            if self.swav is None:
+                raise ValueError("multicrop views need the swav settings")
+            dataset = ImageDataset(table, MultiCrop(self.preprocessing, self.swav))
+        elif self.train_views == "pseudo_labels":
+            if self.pseudo_labels is None:
+                raise ValueError("pseudo_labels views need the stage-1 pseudo-label table")
+            indices, labels = read_selected_pseudo_labels(self.pseudo_labels, table)
+            relabelled = np.full(len(table), -1, dtype=np.int64)
+            relabelled[indices] = labels
+            dataset = ImageDataset(ImageTable(table.paths, relabelled),
+                                   train_transform(self.preprocessing), indices)
+        else:
+            if not table.has_labels:
+                raise ManifestError(f"{self.dataset.manifest_path}: training needs labels")
+            dataset = ImageDataset(table, train_transform(self.preprocessing))
+        return self._loader(dataset, self.batch_size, shuffle=True)
+
+    def predict_dataloader(self) -> DataLoader:
+        dataset = ImageDataset(self.train_table, eval_transform(self.preprocessing))
+        return self._loader(dataset, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        dataset = ImageDataset(self.test_table, eval_transform(self.preprocessing))
+        return self._loader(dataset, self.eval_batch_size, shuffle=False)
+
+    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            drop_last=shuffle and len(dataset) > batch_size,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            pin_memory=torch.cuda.is_available(),
+        )
+
+
+def prepare_dataset(dataset: DatasetConfig) -> Path:
+    """Make sure the manifest exists (rendering the embedded benchmark if asked to)."""
+    if dataset.kind == "synthetic":
+        from clup.data.synthetic import generate_domain
+
+        return generate_domain(
+            Path(dataset.path),
+            dataset.domain,
+            n_train=dataset.train_size,
+            n_test=dataset.test_size,
+            seed=dataset.seed,
+        )
+    if not dataset.manifest_path.is_file():
+        raise ManifestError(f"manifest {dataset.manifest_path} does not exist")
+    return dataset.manifest_path

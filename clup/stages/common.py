@@ -1,0 +1,208 @@
+"""What every stage shares: optimiser schedule, evaluation, trainer and loggers."""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
+
+from clup.config import (
+    BackboneConfig,
+    ExperimentConfig,
+    OptimizerConfig,
+    WandbConfig,
+    config_to_dict,
+)
+from clup.data.datamodule import DomainDataModule
+from clup.evaluation import classification_metrics
+from clup.io import write_json
+from clup.models.checkpoint import Classifier, save_classifier
+
+
+def configure_optimizer(
+    module: L.LightningModule, params: Any, config: OptimizerConfig
+) -> dict[str, Any]:
+    """The configured optimiser with per-step linear warm-up then cosine decay to zero."""
+    if config.name == "sgd":
+        optimizer = torch.optim.SGD(
+            params, lr=config.lr, momentum=config.momentum,
+            nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay,
+        )
+    else:
+        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    total = max(int(module.trainer.estimated_stepping_batches), 1)
+    warmup = int(total * config.warmup_epochs / max(module.trainer.max_epochs or 1, 1))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
+
+
+def lr_factor(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+
+
+class ClassifierModule(L.LightningModule):
+    """A classifier with the shared evaluation: accuracy, per class, confusion matrix."""
+
+    def __init__(self, model: Classifier, classes: list[str], optimizer: OptimizerConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.classes = classes
+        self.optimizer_config = optimizer
+        self.test_metrics: dict[str, Any] = {}
+        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)[1]
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return configure_optimizer(self, self.parameters(), self.optimizer_config)
+
+    def on_test_epoch_start(self) -> None:
+        self._test_outputs = []
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        images, labels, _ = batch
+        self._test_outputs.append((self(images).argmax(dim=1).cpu(), labels.cpu()))
+
+    def on_test_epoch_end(self) -> None:
+        predictions = torch.cat([p for p, _ in self._test_outputs]).numpy()
+        labels = torch.cat([lab for _, lab in self._test_outputs]).numpy()
+        self.test_metrics = classification_metrics(predictions, labels, self.classes)
+        self.log("test/accuracy", self.test_metrics["accuracy"])
+
+    def log_train(self, loss: torch.Tensor, batch_size: int, **extra: float) -> None:
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        for name, value in extra.items():
+            self.log(f"train/{name}", value, batch_size=batch_size)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"],
+                 batch_size=batch_size)
+
+
+def wandb_mode(config: WandbConfig) -> str:
+    """`auto`: online only when this machine has W&B credentials, so demos need no account."""
+    if config.mode != "auto":
+        return config.mode
+    if os.environ.get("WANDB_MODE"):
+        return os.environ["WANDB_MODE"]
+    if os.environ.get("WANDB_API_KEY"):
+        return "online"
+    netrc = Path.home() / ".netrc"
+    if netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore"):
+        return "online"
+    return "offline"
+
+
+def make_loggers(config: ExperimentConfig, stage_dir: Path, stage: str) -> list[Logger]:
+    loggers: list[Logger] = [CSVLogger(save_dir=stage_dir, name="csv", version="")]
+    mode = wandb_mode(config.wandb)
+    if mode != "disabled":
+        loggers.append(
+            WandbLogger(
+                project=config.wandb.project,
+                entity=config.wandb.entity,
+                group=config.name,
+                job_type=stage,
+                name=f"{config.name}/{stage}",
+                save_dir=str(stage_dir),
+                mode=mode,
+                config=config_to_dict(config),
+            )
+        )
+    return loggers
+
+
+def make_trainer(
+    config: ExperimentConfig,
+    stage_dir: Path,
+    stage: str,
+    max_epochs: int = 1,
+    steps_per_epoch: int = 50,
+) -> L.Trainer:
+    """A trainer logging to the stage folder, keeping `checkpoints/last.ckpt` for resuming."""
+    checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True,
+                                 save_top_k=0, every_n_epochs=1)
+    return L.Trainer(
+        accelerator=config.runtime.accelerator,
+        devices=1,
+        precision=config.runtime.precision,
+        max_epochs=max_epochs,
+        logger=make_loggers(config, stage_dir, stage),
+        callbacks=[checkpoint],
+        log_every_n_steps=max(1, min(50, steps_per_epoch)),
+        default_root_dir=stage_dir,
+        num_sanity_val_steps=0,
+        enable_model_summary=False,
+    )
+
+
+def fit_resumable(trainer: L.Trainer, module: L.LightningModule, datamodule: Any,
+                  stage_dir: Path) -> None:
+    """Fit, continuing from the last epoch checkpoint when one exists."""
+    last = stage_dir / "checkpoints" / "last.ckpt"
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+
+
+def finish_loggers(trainer: L.Trainer) -> None:
+    for logger in trainer.loggers:
+        logger.finalize("success")
+    if any(isinstance(lg, WandbLogger) for lg in trainer.loggers):
+        import wandb
+
+        wandb.finish()
+
+
+def remove_checkpoints(stage_dir: Path) -> None:
+    """Resume checkpoints are only useful until the stage's own artifact is written."""
+    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
+
+
+def fit_and_evaluate(
+    config: ExperimentConfig,
+    stage_dir: Path,
+    stage: str,
+    module: ClassifierModule,
+    datamodule: DomainDataModule,
+    epochs: int,
+    backbone: BackboneConfig,
+) -> dict[str, Any]:
+    """Train (resuming if interrupted), evaluate on the test split, save the classifier."""
+    datamodule.prepare_data()
+    datamodule.setup()
+    trainer = make_trainer(config, stage_dir, stage, epochs, len(datamodule.train_dataloader()))
+    fit_resumable(trainer, module, datamodule, stage_dir)
+    metrics = evaluate(trainer, module, datamodule)
+    save_classifier(
+        stage_dir / "model.ckpt", module.model, module.classes, backbone,
+        datamodule.preprocessing, metadata={"test": metrics, "stage": stage},
+    )
+    write_json(stage_dir / "metrics.json", metrics)
+    finish_loggers(trainer)
+    remove_checkpoints(stage_dir)
+    return metrics
+
+
+def evaluate(trainer: L.Trainer, module: ClassifierModule, datamodule: DomainDataModule
+             ) -> dict[str, Any]:
+    """Test-split metrics, or a note saying why there are none."""
+    table = datamodule.test_table
+    if not len(table):
+        return {"accuracy": None, "note": "the test split is empty"}
+    if not table.has_labels:
+        return {"accuracy": None, "note": "the test split has no labels"}
+    trainer.test(module, datamodule=datamodule, verbose=False)
+    return module.test_metrics
+
+
+def collect(outputs: list[dict[str, torch.Tensor]], key: str) -> np.ndarray:
+    return torch.cat([o[key] for o in outputs]).numpy()

@@ -1,0 +1,48 @@
+"""Stage 3: the SwAV backbone and a new head, trained on the selected pseudo-labels with mixup."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from clup.config import ExperimentConfig, OptimizerConfig
+from clup.data.datamodule import DomainDataModule
+from clup.mixup import mixup_batch, mixup_cross_entropy
+from clup.models.checkpoint import Classifier, load_backbone
+from clup.stages.common import ClassifierModule, fit_and_evaluate
+
+
+class PseudoLabelFinetuner(ClassifierModule):
+    """Cross-entropy with mixup; the whole network trains. The last epoch is reported:
+    nothing is selected on the target test split."""
+
+    def __init__(self, model: Classifier, classes: list[str], optimizer: OptimizerConfig,
+                 mixup_alpha: float, seed: int) -> None:
+        super().__init__(model, classes, optimizer)
+        self.mixup_alpha = mixup_alpha
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        images, pseudo_labels, _ = batch
+        mixed = mixup_batch(images, pseudo_labels, self.mixup_alpha, self.generator)
+        loss = mixup_cross_entropy(self(mixed.inputs), mixed)
+        self.log_train(loss, len(pseudo_labels))
+        return loss
+
+
+def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+    """Fine-tune into `stage3/model.ckpt` and write `stage3/metrics.json`."""
+    backbone = load_backbone(run_dir / "stage2" / "backbone.ckpt", config.backbone)
+    model = Classifier(backbone, len(config.classes))
+    module = PseudoLabelFinetuner(model, config.classes, config.finetune.optimizer,
+                                  config.finetune.mixup_alpha, config.seed)
+    datamodule = DomainDataModule(
+        config.target, config.classes, config.preprocessing,
+        batch_size=config.finetune.batch_size, num_workers=config.runtime.num_workers,
+        train_views="pseudo_labels", pseudo_labels=run_dir / "stage1" / "pseudo_labels.csv",
+    )
+    metrics = fit_and_evaluate(config, run_dir / "stage3", "stage3", module, datamodule,
+                               config.finetune.epochs, config.backbone)
+    return {"target_test_accuracy": metrics["accuracy"]}

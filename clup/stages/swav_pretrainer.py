@@ -1,0 +1,117 @@
+"""Stage 2: SwAV self-supervised pretraining on the unlabelled target images.
+
+SwAV (Caron et al., NeurIPS 2020): online clustering of multi-crop views with
+Sinkhorn-Knopp codes and swapped prediction. Heads and loss come from lightly.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from lightly.loss import SwaVLoss
+from lightly.models.modules import SwaVProjectionHead, SwaVPrototypes
+from lightly.models.modules.memory_bank import MemoryBankModule
+from torch import nn
+
+from clup.config import ExperimentConfig, SwAVConfig
+from clup.data.datamodule import DomainDataModule
+from clup.io import write_json
+from clup.models.backbones import Backbone, build_backbone
+from clup.models.checkpoint import save_backbone
+from clup.stages.common import (
+    configure_optimizer,
+    finish_loggers,
+    fit_resumable,
+    make_trainer,
+    remove_checkpoints,
+)
+
+
+class SwAVPretrainer(L.LightningModule):
+    def __init__(self, backbone: Backbone, config: SwAVConfig) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.config = config
+        self.projection_head = SwaVProjectionHead(
+            backbone.out_dim, config.projection_hidden_dim, config.projection_dim
+        )
+        self.prototypes = SwaVPrototypes(config.projection_dim, config.n_prototypes)
+        self.criterion = SwaVLoss(
+            temperature=config.temperature,
+            sinkhorn_iterations=config.sinkhorn_iterations,
+            sinkhorn_epsilon=config.sinkhorn_epsilon,
+        )
+        # One queue per global crop, as in SwAV: small batches get more samples for Sinkhorn.
+        self.queues = nn.ModuleList(
+            MemoryBankModule(size=(config.queue_length, config.projection_dim),
+                             feature_dim_first=False)
+            for _ in range(config.n_global_crops if config.queue_length else 0)
+        )
+
+    def embed(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """Normalised projections of equally sized views, computed in one pass."""
+        projections = self.projection_head(self.backbone(torch.cat(views)))
+        return F.normalize(projections, dim=1)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        views, _, _ = batch
+        self.prototypes.normalize()
+        n_global = self.config.n_global_crops
+        global_z = self.embed(views[:n_global]).chunk(n_global)
+        local_views = views[n_global:]
+        local_z = self.embed(local_views).chunk(len(local_views)) if local_views else ()
+        loss = self.criterion(
+            high_resolution_outputs=[self.prototypes(z) for z in global_z],
+            low_resolution_outputs=[self.prototypes(z) for z in local_z],
+            queue_outputs=self._queue_outputs(global_z),
+        )
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(global_z[0]))
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"],
+                 batch_size=len(global_z[0]))
+        return loss
+
+    def _queue_outputs(self, global_z: tuple[torch.Tensor, ...]) -> list[torch.Tensor] | None:
+        if not self.queues:
+            return None
+        banks = [queue(z.detach(), update=True)[1] for queue, z in zip(self.queues, global_z,
+                                                                        strict=True)]
+        if self.current_epoch < self.config.queue_start_epoch:
+            return None
+        with torch.no_grad():
+            return [self.prototypes(bank) for bank in banks]
+
+    def on_after_backward(self) -> None:
+        # SwAV keeps the prototypes fixed for the first epoch(s) so the codes can settle.
+        if self.current_epoch < self.config.freeze_prototypes_epochs:
+            for parameter in self.prototypes.parameters():
+                parameter.grad = None
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        return configure_optimizer(self, self.parameters(), self.config.optimizer)
+
+
+def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+    """Pretrain (resuming from the last epoch) and write `stage2/backbone.ckpt`."""
+    stage_dir = run_dir / "stage2"
+    datamodule = DomainDataModule(
+        config.target, config.classes, config.preprocessing,
+        batch_size=config.swav.batch_size, num_workers=config.runtime.num_workers,
+        train_views="multicrop", swav=config.swav,
+    )
+    datamodule.prepare_data()
+    datamodule.setup()
+    module = SwAVPretrainer(build_backbone(config.backbone), config.swav)
+    trainer = make_trainer(config, stage_dir, "stage2", config.swav.epochs,
+                           len(datamodule.train_dataloader()))
+    fit_resumable(trainer, module, datamodule, stage_dir)
+    save_backbone(stage_dir / "backbone.ckpt", module.backbone, config.backbone)
+    final_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
+    write_json(stage_dir / "metrics.json", {"final_loss": final_loss,
+                                            "epochs": config.swav.epochs})
+    finish_loggers(trainer)
+    remove_checkpoints(stage_dir)
+    return {"final_loss": final_loss}
