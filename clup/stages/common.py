@@ -11,7 +11,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import CSVLogger, Logger, WandbLogger
 
 from clup.config import (
@@ -122,6 +122,23 @@ def make_loggers(config: ExperimentConfig, stage_dir: Path, stage: str) -> list[
     return loggers
 
 
+class ResumeCheckpoint(Callback):
+    """Saves the full training state after every epoch, atomically, for resuming.
+
+    Lightning's ModelCheckpoint writes in place; a crash mid-write would leave a
+    truncated `last.ckpt` that the rerun then fails to load.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        partial = self.path.with_suffix(".partial")
+        trainer.save_checkpoint(partial)
+        if trainer.is_global_zero:
+            os.replace(partial, self.path)
+
+
 def make_trainer(
     config: ExperimentConfig,
     stage_dir: Path,
@@ -130,15 +147,13 @@ def make_trainer(
     steps_per_epoch: int = 50,
 ) -> L.Trainer:
     """A trainer logging to the stage folder, keeping `checkpoints/last.ckpt` for resuming."""
-    checkpoint = ModelCheckpoint(dirpath=stage_dir / "checkpoints", save_last=True,
-                                 save_top_k=0, every_n_epochs=1)
     return L.Trainer(
         accelerator=config.runtime.accelerator,
         devices=1,
         precision=config.runtime.precision,
         max_epochs=max_epochs,
         logger=make_loggers(config, stage_dir, stage),
-        callbacks=[checkpoint],
+        callbacks=[ResumeCheckpoint(stage_dir / "checkpoints" / "last.ckpt")],
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
         default_root_dir=stage_dir,
         num_sanity_val_steps=0,

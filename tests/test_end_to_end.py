@@ -1,0 +1,145 @@
+"""`clup run` on a tiny experiment, as a user runs it: a separate process, real stages."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import pytest
+import torch
+
+from clup.models.checkpoint import load_classifier
+from tests.conftest import tiny_experiment, write_experiment
+
+ARTIFACTS = [
+    "config.yaml", "results.json", "source/model.ckpt", "source/metrics.json",
+    "stage1/pseudo_labels.csv", "stage1/summary.json", "stage1/source_on_target.json",
+    "stage2/backbone.ckpt", "stage3/model.ckpt", "stage3/metrics.json",
+]
+
+
+def clup(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "clup.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_run_writes_every_artifact_and_reuses_finished_stages(tmp_path: Path) -> None:
+    experiment = tiny_experiment(tmp_path, wandb={"mode": "offline", "project": "clup-test"})
+    path = write_experiment(tmp_path / "tiny.yaml", experiment)
+    run_dir = tmp_path / "runs" / "tiny"
+    first = clup("run", str(path))
+    assert first.returncode == 0, first.stderr[-3000:]
+    for artifact in ARTIFACTS:
+        assert (run_dir / artifact).is_file(), artifact
+    assert "CluP on target test" in first.stdout
+
+    rows = list(csv.DictReader((run_dir / "stage1/pseudo_labels.csv").open()))
+    assert len(rows) == 84
+    _check_purity_and_selection(rows, ratio=0.5)
+    summary = json.loads((run_dir / "stage1/summary.json").read_text())
+    assert summary["num_selected"] == sum(r["selected"] == "1" for r in rows)
+    assert 0 <= summary["selected_accuracy"] <= 1
+
+    metrics = json.loads((run_dir / "stage3/metrics.json").read_text())
+    assert sum(map(sum, metrics["confusion_matrix"])) == 35
+    assert set(metrics["per_class_accuracy"]) == {
+        "Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"}
+    results = json.loads((run_dir / "results.json").read_text())
+    assert results["clup_on_target"] == metrics["accuracy"]
+    assert set(results["seconds"]) == {"source", "stage1", "stage2", "stage3"}
+    assert load_classifier(run_dir / "stage3/model.ckpt").classes[0] == "Surprise"
+    for stage in ("source", "stage1", "stage2", "stage3"):
+        assert list((run_dir / stage / "wandb").glob("offline-run-*")), stage
+        assert (run_dir / stage / "csv" / "metrics.csv").is_file() or stage == "stage1"
+
+    stamps = {s: (run_dir / s / "done.json").stat().st_mtime_ns
+              for s in ("source", "stage1", "stage2", "stage3")}
+    again = clup("run", str(path))
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("done already, reused") == 4
+    assert stamps == {s: (run_dir / s / "done.json").stat().st_mtime_ns for s in stamps}
+
+    changed = clup("run", str(path), "finetune.epochs=2")
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    assert changed.stdout.count("done already, reused") == 3
+    assert (run_dir / "stage3/done.json").stat().st_mtime_ns != stamps["stage3"]
+
+
+def _check_purity_and_selection(rows: list[dict[str, str]], ratio: float) -> None:
+    """Recompute stage 1 from the `cluster` and `source_pred` columns alone."""
+    votes: dict[int, Counter] = defaultdict(Counter)
+    for row in rows:
+        votes[int(row["cluster"])][int(row["source_pred"])] += 1
+    by_class: dict[int, list[tuple[float, int]]] = defaultdict(list)
+    for row in rows:
+        counts = votes[int(row["cluster"])]
+        top = max(counts.values())
+        assert int(row["pseudo_label"]) == min(c for c, n in counts.items() if n == top)
+        assert float(row["purity"]) == top / sum(counts.values())
+        by_class[int(row["pseudo_label"])].append((-float(row["purity"]), int(row["index"])))
+    expected = set()
+    for members in by_class.values():
+        keep = int(ratio * len(members) + 1e-9)
+        expected |= {index for _, index in sorted(members)[:keep]}
+    assert expected == {int(r["index"]) for r in rows if r["selected"] == "1"}
+
+
+def test_failing_stage_stops_the_other_and_names_its_log(tmp_path: Path) -> None:
+    experiment = tiny_experiment(tmp_path)
+    experiment["cluster_labeler"]["num_clusters"] = 500  # more clusters than images
+    experiment["swav"]["epochs"] = 200
+    path = write_experiment(tmp_path / "tiny.yaml", experiment)
+    started = time.monotonic()
+    result = clup("run", str(path))
+    assert result.returncode != 0
+    assert "stage 1, ClusterLabeler failed" in result.stderr
+    assert "stage1/stage.log" in result.stderr
+    log = (tmp_path / "runs/tiny/stage1/stage.log").read_text()
+    assert "num_clusters (500) exceeds the number of target train images (84)" in log
+    assert not (tmp_path / "runs/tiny/stage2/done.json").exists()
+    assert time.monotonic() - started < 120
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="relies on Linux parent-death signals")
+def test_run_killed_during_stage2_resumes_from_its_checkpoint(tmp_path: Path) -> None:
+    experiment = tiny_experiment(tmp_path)
+    experiment["swav"]["epochs"] = 40
+    path = write_experiment(tmp_path / "tiny.yaml", experiment)
+    checkpoint = tmp_path / "runs/tiny/stage2/checkpoints/last.ckpt"
+    driver = subprocess.Popen([sys.executable, "-m", "clup.cli", "run", str(path)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              start_new_session=True)
+    deadline = time.monotonic() + 240
+    while not checkpoint.exists() and time.monotonic() < deadline and driver.poll() is None:
+        time.sleep(0.2)
+    assert checkpoint.exists(), "stage 2 never wrote a checkpoint"
+    os.kill(driver.pid, signal.SIGKILL)
+    driver.wait()
+    _wait_for_no_stage_processes(tmp_path)
+    assert not (tmp_path / "runs/tiny/stage2/done.json").exists()
+    interrupted_epoch = torch.load(checkpoint, weights_only=False)["epoch"]
+
+    result = clup("run", str(path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = (tmp_path / "runs/tiny/stage2/stage.log").read_text()
+    assert "Restoring states from the checkpoint" in log
+    assert interrupted_epoch < 40
+    assert json.loads((tmp_path / "runs/tiny/results.json").read_text())["clup_on_target"] >= 0
+
+
+def _wait_for_no_stage_processes(tmp_path: Path, timeout: float = 60) -> None:
+    """Stage processes die with the driver (parent-death signal); wait until they have."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        alive = subprocess.run(["pgrep", "-f", str(tmp_path / "runs")], capture_output=True)
+        if alive.returncode != 0:
+            return
+        time.sleep(0.2)
+    raise AssertionError("stage processes outlived the killed driver")
