@@ -131,6 +131,11 @@ class DomainDataModule(L.LightningDataModule):
             if self.pseudo_labels is None:
                 raise ValueError("pseudo_labels views need the stage-1 pseudo-label table")
             indices, labels = read_selected_pseudo_labels(self.pseudo_labels, table)
+            if not len(indices):
+                raise ManifestError(
+                    f"{self.pseudo_labels} selects no sample: raise "
+                    "cluster_labeler.selection_ratio or lower cluster_labeler.purity_threshold"
+                )
             relabelled = np.full(len(table), -1, dtype=np.int64)
             relabelled[indices] = labels
             dataset = ImageDataset(ImageTable(table.paths, relabelled),
