@@ -115,6 +115,7 @@ class SourceConfig:
     epochs: int = 100
     batch_size: int = 64
     label_smoothing: float = 0.1
+    color_jitter: float = 0.4
     optimizer: OptimizerConfig = field(default_factory=lambda: OptimizerConfig(lr=0.01))
 
     def validate(self, key: str) -> None:
@@ -124,6 +125,7 @@ class SourceConfig:
         _positive(self.batch_size, f"{key}.batch_size")
         if not 0 <= self.label_smoothing < 1:
             raise ConfigError(f"{key}.label_smoothing must be in [0, 1)")
+        _fraction(self.color_jitter, f"{key}.color_jitter")
 
 
 @dataclass
@@ -202,9 +204,11 @@ class FinetuneConfig:
     epochs: int = 50
     batch_size: int = 32
     mixup_alpha: float = 0.2
+    color_jitter: float = 0.4
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
 
     def validate(self, key: str) -> None:
+        _fraction(self.color_jitter, f"{key}.color_jitter")
         _positive(self.epochs, f"{key}.epochs")
         _positive(self.batch_size, f"{key}.batch_size")
         if self.mixup_alpha < 0:
@@ -410,6 +414,11 @@ def _convert_scalar(value: Any, annotation: Any, key: str) -> Any:
 def _positive(value: float, key: str) -> None:
     if value <= 0:
         raise ConfigError(f"{key} must be positive, got {value}")
+
+
+def _fraction(value: float, key: str) -> None:
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{key} must be in [0, 1], got {value}")
 
 
 def _join(prefix: str, name: str) -> str:

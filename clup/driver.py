@@ -21,7 +21,7 @@ from clup.config import ExperimentConfig, dump_yaml
 from clup.data.datamodule import prepare_dataset
 from clup.errors import StageFailed
 from clup.io import read_json, write_json, write_text
-from clup.pipeline import STAGES, done_record
+from clup.pipeline import LOG_NAME, STAGES, done_record
 
 STATUS_EVERY_S = 20.0
 
@@ -122,7 +122,7 @@ def _run_in_sequence(config: ExperimentConfig, run_dir: Path, name: str,
 def _run_concurrently(config: ExperimentConfig, run_dir: Path, names: list[str],
                       env: dict[str, dict[str, str]]) -> None:
     running: dict[str, subprocess.Popen] = {}
-    logs = {name: run_dir / name / "stage.log" for name in names}
+    logs = {name: run_dir / name / LOG_NAME for name in names}
     for name in names:
         if done_record(config, run_dir, name) is not None:
             print(f"[clup] {STAGES[name].title}: done already, reused")

@@ -18,8 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import lightning as L
+
 from clup.config import ExperimentConfig, config_to_dict
 from clup.io import read_json, write_json
+
+LOG_NAME = "stage.log"
 
 
 @dataclass(frozen=True)
@@ -112,15 +116,27 @@ def run_stage(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, A
     current = fingerprint(config, name)
     started = stage_dir / "started.json"
     if started.is_file() and read_json(started).get("fingerprint") != current:
-        shutil.rmtree(stage_dir)
+        _clear_stage_folder(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     write_json(started, {"fingerprint": current})
     begin = time.perf_counter()
+    L.seed_everything(config.seed, workers=True, verbose=False)
     result = stage.run(config, run_dir)
     record = {"fingerprint": current, "seconds": round(time.perf_counter() - begin, 2),
               "result": result}
     write_json(stage_dir / "done.json", record)
     return record
+
+
+def _clear_stage_folder(stage_dir: Path) -> None:
+    """Remove a stale stage's outputs; its log stays, since the driver is writing to it."""
+    for child in stage_dir.iterdir():
+        if child.name == LOG_NAME:
+            continue
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def _file_digest(path: Path) -> str:

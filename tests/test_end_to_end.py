@@ -66,10 +66,11 @@ def test_run_writes_every_artifact_and_reuses_finished_stages(tmp_path: Path) ->
     assert again.stdout.count("done already, reused") == 4
     assert stamps == {s: (run_dir / s / "done.json").stat().st_mtime_ns for s in stamps}
 
-    changed = clup("run", str(path), "finetune.epochs=2")
+    changed = clup("run", str(path), "swav.epochs=3")
     assert changed.returncode == 0, changed.stderr[-3000:]
-    assert changed.stdout.count("done already, reused") == 3
+    assert changed.stdout.count("done already, reused") == 2
     assert (run_dir / "stage3/done.json").stat().st_mtime_ns != stamps["stage3"]
+    assert "max_epochs=3" in (run_dir / "stage2/stage.log").read_text()
 
 
 def _check_purity_and_selection(rows: list[dict[str, str]], ratio: float) -> None:

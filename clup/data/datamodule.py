@@ -36,11 +36,13 @@ class ImageDataset(Dataset):
         self.table = table
         self.transform = transform
         self.indices = np.arange(len(table)) if indices is None else np.asarray(indices)
+        self._seed: int | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
 
     def __getitem__(self, item: int) -> tuple[Any, int, int]:
+        self._seed_augmentation()
         index = int(self.indices[item])
         image = load_image(self.table.paths[index])
         if isinstance(self.transform, MultiCrop):
@@ -48,6 +50,18 @@ class ImageDataset(Dataset):
         else:
             views = self.transform(image=image)["image"]
         return views, int(self.table.labels[index]), index
+
+
+    def _seed_augmentation(self) -> None:
+        """Albumentations ignores global seeds; seed it from torch's seed of this process.
+
+        Lightning's `seed_everything(workers=True)` gives each loader worker its own
+        deterministic torch seed, so workers draw different but reproducible augmentations.
+        """
+        seed = torch.initial_seed() % 2**32
+        if seed != self._seed and hasattr(self.transform, "set_random_seed"):
+            self.transform.set_random_seed(seed)
+            self._seed = seed
 
 
 def load_image(path: Path) -> np.ndarray:
@@ -91,6 +105,7 @@ class DomainDataModule(L.LightningDataModule):
         train_views: TrainViews = "labels",
         swav: SwAVConfig | None = None,
         pseudo_labels: Path | None = None,
+        color_jitter: float = 0.0,
     ) -> None:
         super().__init__()
         self.dataset = dataset
@@ -102,6 +117,7 @@ class DomainDataModule(L.LightningDataModule):
         self.train_views = train_views
         self.swav = swav
         self.pseudo_labels = pseudo_labels
+        self.color_jitter = color_jitter
         self.splits: dict[str, ImageTable] = {}
 
     def prepare_data(self) -> None:
@@ -139,11 +155,11 @@ class DomainDataModule(L.LightningDataModule):
             relabelled = np.full(len(table), -1, dtype=np.int64)
             relabelled[indices] = labels
             dataset = ImageDataset(ImageTable(table.paths, relabelled),
-                                   train_transform(self.preprocessing), indices)
+                                   train_transform(self.preprocessing, self.color_jitter), indices)
         else:
             if not table.has_labels:
                 raise ManifestError(f"{self.dataset.manifest_path}: training needs labels")
-            dataset = ImageDataset(table, train_transform(self.preprocessing))
+            dataset = ImageDataset(table, train_transform(self.preprocessing, self.color_jitter))
         return self._loader(dataset, self.batch_size, shuffle=True)
 
     def predict_dataloader(self) -> DataLoader:

@@ -20,17 +20,20 @@ def eval_transform(pre: PreprocessingConfig) -> A.Compose:
     return A.Compose([A.Resize(size, size), *_to_tensor(pre)])
 
 
-def train_transform(pre: PreprocessingConfig) -> A.Compose:
+def train_transform(pre: PreprocessingConfig, color_jitter: float = 0.0) -> A.Compose:
     """Mild, label-preserving augmentation for supervised training.
 
-    Deliberately generic: a source recipe that imitated the target's nuisances
-    (greyscale, blur, noise) would no longer be source-free in spirit.
+    Deliberately generic (flip, crop, the usual brightness/contrast/saturation
+    jitter): a source recipe that imitated the target's nuisances (greyscale,
+    blur, noise) would no longer be source-free in spirit.
     """
     size = pre.image_size
     return A.Compose(
         [
             A.RandomResizedCrop(size=(size, size), scale=(0.8, 1.0), ratio=(0.9, 1.1)),
             A.HorizontalFlip(),
+            A.ColorJitter(brightness=color_jitter, contrast=color_jitter,
+                          saturation=color_jitter, hue=0.0, p=0.8 if color_jitter else 0.0),
             *_to_tensor(pre),
         ]
     )
@@ -57,6 +60,10 @@ class MultiCrop:
                 *_to_tensor(pre),
             ]
         )
+
+    def set_random_seed(self, seed: int) -> None:
+        self.global_crop.set_random_seed(seed)
+        self.local_crop.set_random_seed(seed + 1)
 
     def __call__(self, image: np.ndarray) -> list[torch.Tensor]:
         views = [self.global_crop(image=image)["image"] for _ in range(self.n_global)]

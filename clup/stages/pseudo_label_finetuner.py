@@ -42,6 +42,7 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         config.target, config.classes, config.preprocessing,
         batch_size=config.finetune.batch_size, num_workers=config.runtime.num_workers,
         train_views="pseudo_labels", pseudo_labels=run_dir / "stage1" / "pseudo_labels.csv",
+        color_jitter=config.finetune.color_jitter,
     )
     metrics = fit_and_evaluate(config, run_dir / "stage3", "stage3", module, datamodule,
                                config.finetune.epochs, config.backbone)

@@ -40,6 +40,7 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     datamodule = DomainDataModule(
         source.data, config.classes, source.preprocessing,
         batch_size=source.batch_size, num_workers=config.runtime.num_workers,
+        color_jitter=source.color_jitter,
     )
     model = Classifier(build_backbone(source.backbone), len(config.classes))
     module = SourceClassifier(model, config.classes, source.optimizer, source.label_smoothing)
