@@ -10,6 +10,7 @@ its folder cleared first, so it never resumes from a stale checkpoint.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
 import shutil
 import time
@@ -35,9 +36,9 @@ class Stage:
     entry: str
 
     def run(self, config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+        # Imported on use: the driver process never needs the training stack of every stage.
         module_name, _, function = self.entry.partition(":")
-        module = __import__(module_name, fromlist=[function])
-        return getattr(module, function)(config, run_dir)
+        return getattr(importlib.import_module(module_name), function)(config, run_dir)
 
 
 def _source_settings(c: ExperimentConfig) -> dict[str, Any]:
