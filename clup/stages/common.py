@@ -161,11 +161,21 @@ def make_trainer(
     )
 
 
-def fit_resumable(trainer: L.Trainer, module: L.LightningModule, datamodule: Any,
-                  stage_dir: Path) -> None:
-    """Fit, continuing from the last epoch checkpoint when one exists."""
+def fit_stage(
+    config: ExperimentConfig,
+    stage_dir: Path,
+    stage: str,
+    module: L.LightningModule,
+    datamodule: DomainDataModule,
+    epochs: int,
+) -> L.Trainer:
+    """Read the data, then fit, continuing from the last epoch checkpoint when one exists."""
+    datamodule.prepare_data()
+    datamodule.setup()
+    trainer = make_trainer(config, stage_dir, stage, epochs, len(datamodule.train_dataloader()))
     last = stage_dir / "checkpoints" / "last.ckpt"
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    return trainer
 
 
 def finish_loggers(trainer: L.Trainer) -> None:
@@ -192,10 +202,7 @@ def fit_and_evaluate(
     backbone: BackboneConfig,
 ) -> dict[str, Any]:
     """Train (resuming if interrupted), evaluate on the test split, save the classifier."""
-    datamodule.prepare_data()
-    datamodule.setup()
-    trainer = make_trainer(config, stage_dir, stage, epochs, len(datamodule.train_dataloader()))
-    fit_resumable(trainer, module, datamodule, stage_dir)
+    trainer = fit_stage(config, stage_dir, stage, module, datamodule, epochs)
     metrics = evaluate(trainer, module, datamodule)
     save_classifier(
         stage_dir / "model.ckpt", module.model, module.classes, backbone,

@@ -25,8 +25,7 @@ from clup.models.checkpoint import save_backbone
 from clup.stages.common import (
     configure_optimizer,
     finish_loggers,
-    fit_resumable,
-    make_trainer,
+    fit_stage,
     remove_checkpoints,
 )
 
@@ -102,12 +101,8 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         batch_size=config.swav.batch_size, num_workers=config.runtime.num_workers,
         train_views="multicrop", swav=config.swav,
     )
-    datamodule.prepare_data()
-    datamodule.setup()
     module = SwAVPretrainer(build_backbone(config.backbone), config.swav)
-    trainer = make_trainer(config, stage_dir, "stage2", config.swav.epochs,
-                           len(datamodule.train_dataloader()))
-    fit_resumable(trainer, module, datamodule, stage_dir)
+    trainer = fit_stage(config, stage_dir, "stage2", module, datamodule, config.swav.epochs)
     save_backbone(stage_dir / "backbone.ckpt", module.backbone, config.backbone)
     final_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
     write_json(stage_dir / "metrics.json", {"final_loss": final_loss,
