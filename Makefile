@@ -4,11 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: help venv test lint demo clean-demo
+SETUPS := afe-expw afe-fer2013 rafdb-expw rafdb-fer2013
+SOURCES := source-afe source-rafdb
+# Extra `key=value` settings or flags for clup, e.g. make afe-expw ARGS="--dry-run"
+ARGS ?=
+
+.PHONY: help venv test lint demo clean-demo $(SETUPS) $(SOURCES)
 
 help:
-	@echo "make demo   - run the whole CluP pipeline on the embedded synthetic-faces benchmark"
-	@echo "make test   - lint and run the test suite"
+	@echo "make demo          - run the whole CluP pipeline on the embedded synthetic-faces benchmark"
+	@echo "make test          - lint and run the test suite"
+	@echo "make afe-expw      - a paper setup on your datasets (also afe-fer2013, rafdb-expw,"
+	@echo "                     rafdb-fer2013); needs CLUP_DATA_ROOT, see README"
+	@echo "make source-afe    - train only a source model (also source-rafdb)"
+	@echo "pass settings with ARGS, e.g. make afe-expw ARGS=\"--dry-run\""
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,3 +38,9 @@ demo: $(STAMP)
 
 clean-demo:
 	rm -rf lightning_logs/demo
+
+$(SETUPS): $(STAMP)
+	$(BIN)/clup run experiments/$@.yaml $(ARGS)
+
+$(SOURCES): $(STAMP)
+	$(BIN)/clup train-source experiments/$@.yaml $(ARGS)

@@ -7,7 +7,10 @@ import os
 import sys
 from pathlib import Path
 
+from clup.config import RAW_DATASETS, DatasetConfig, ExperimentConfig, dump_yaml
+from clup.data.raw import get_dataset
 from clup.errors import ClupError
+from clup.io import write_text
 
 STAGE_NAMES = ("source", "stage1", "stage2", "stage3")
 
@@ -21,6 +24,24 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run every stage of an experiment")
     run.add_argument("experiment", type=Path, help="experiment YAML")
     run.add_argument("overrides", nargs="*", help="key.sub=value settings")
+    run.add_argument("--dry-run", action="store_true",
+                     help="check config, datasets and checkpoints, print the plan, train nothing")
+
+    prepare = commands.add_parser(
+        "prepare", help="crop and resize a raw dataset once into the form every stage reads"
+    )
+    prepare.add_argument("dataset", choices=RAW_DATASETS)
+    prepare.add_argument("--root", type=Path,
+                         help="the raw dataset folder (default: its folder under the data root)")
+    prepare.add_argument("--out", type=Path,
+                         help="output folder (default: <prepared root>/<dataset>-<size>px...)")
+    prepare.add_argument("--size", type=int, default=160, help="side of the prepared crops")
+    prepare.add_argument("--split-seed", type=int, default=0,
+                         help="seed of ExpW's by-photo test split")
+    prepare.add_argument("--workers", type=int, default=None,
+                         help="processes (default: every core)")
+
+    commands.add_parser("paths", help="show the data root and prepared root in use")
 
     source = commands.add_parser("train-source", help="train only the source model")
     source.add_argument("experiment", type=Path, help="experiment YAML")
@@ -35,7 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    # Overrides may follow flags (`clup run x.yaml --dry-run a.b=1`), which argparse's
+    # positional `nargs="*"` alone does not accept.
+    args, extra = parser.parse_known_args(argv)
+    if extra and (not hasattr(args, "overrides") or any(e.startswith("-") for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
     try:
         return _dispatch(args)
     except ClupError as err:
@@ -47,8 +75,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from clup.config import dump_yaml, load_experiment
-    from clup.io import write_text
+    from clup.config import load_experiment
 
     if args.command == "stage":
         _limit_threads()
@@ -57,22 +84,59 @@ def _dispatch(args: argparse.Namespace) -> int:
         config = load_experiment(args.run_dir / "config.yaml")
         run_stage(config, args.run_dir, args.name)
         return 0
+    if args.command == "prepare":
+        return _prepare(args)
+    if args.command == "paths":
+        from clup.paths import describe
+
+        print(describe())
+        return 0
     config = load_experiment(args.experiment, args.overrides)
     if args.command == "train-source":
-        from clup.pipeline import run_stage
+        return _train_source(config, args.experiment)
+    from clup.driver import cpu_threads, run_experiment, visible_gpus
 
-        if config.source.data is None:
-            raise ClupError(f"{args.experiment}: source.data names no dataset to train on")
-        config.source.checkpoint = None
-        config.run_dir.mkdir(parents=True, exist_ok=True)
-        write_text(config.run_dir / "config.yaml", dump_yaml(config))
-        record = run_stage(config, config.run_dir, "source")
-        print(f"source model: {config.run_dir / 'source' / 'model.ckpt'} "
-              f"(source test accuracy {record['result']['source_test_accuracy']})")
+    if args.dry_run:
+        from clup.plan import describe_plan
+
+        print(describe_plan(config, visible_gpus(config), cpu_threads(config)))
         return 0
-    from clup.driver import run_experiment
-
     run_experiment(config)
+    return 0
+
+
+def _train_source(config: ExperimentConfig, experiment: Path) -> int:
+    from clup.data.datasets import check_exists, prepare_dataset
+    from clup.pipeline import run_stage, stage_dir
+
+    if config.source.data is None:
+        raise ClupError(f"{experiment}: source.data names no dataset to train on")
+    config.source.checkpoint = None
+    check_exists(config.source.data, "source.data")
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    write_text(config.run_dir / "config.yaml", dump_yaml(config))
+    prepare_dataset(config.source.data, "source.data")
+    record = run_stage(config, config.run_dir, "source")
+    accuracy = record["result"]["source_test_accuracy"]
+    print(f"source model: {stage_dir(config, config.run_dir, 'source') / 'model.ckpt'} "
+          f"(source test accuracy {'n/a' if accuracy is None else f'{100 * accuracy:.1f}%'})")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from clup.data.datasets import prepared_dir, raw_source
+    from clup.data.prepare import prepare
+
+    # A --root given on the command line is relative to the current folder, not the data root.
+    root = args.root.resolve() if args.root else Path(get_dataset(args.dataset).folder)
+    dataset = DatasetConfig(kind=args.dataset, path=str(root), seed=args.split_seed,
+                            prepared_size=args.size)
+    reader, root = raw_source(dataset, "--root")
+    out = args.out or prepared_dir(dataset, "--out")
+    report = prepare(reader, root, out, size=args.size, split_seed=args.split_seed,
+                     workers=args.workers)
+    print(report.describe(reader.title))
+    print(f"manifest: {report.manifest}")
     return 0
 
 

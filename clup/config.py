@@ -26,34 +26,42 @@ CANONICAL_CLASSES = ("Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Ang
 T = TypeVar("T")
 
 
+RAW_DATASETS = ("afe", "rafdb", "expw", "fer2013")
+
+
 @dataclass
 class DatasetConfig:
     """Where a domain's images come from.
 
+    `afe`, `rafdb`, `expw`, `fer2013`: a dataset in its owners' layout; `path` is its
+    folder, relative to the data root (`CLUP_DATA_ROOT`) unless absolute. It is
+    prepared once (faces cropped, resized to `prepared_size`) and read from there;
+    `seed` draws ExpW's by-photo test split.
     `manifest`: a CSV `path,label[,split]` with paths relative to the CSV.
-    `synthetic`: the embedded benchmark, rendered once into `path` and then read
-    through its manifest exactly like user data.
+    `folders`: a folder per class (`path/<class>/...` or `path/{train,test}/<class>/...`).
+    `images`: a folder of unlabelled images, all used as train images.
+    `synthetic`: the embedded benchmark, rendered once into `path` (`seed`,
+    `train_size`, `test_size`) and then read through its manifest like user data.
     """
 
-    kind: Literal["manifest", "synthetic"] = "manifest"
+    kind: Literal[
+        "manifest", "folders", "images", "synthetic", "afe", "rafdb", "expw", "fer2013"
+    ] = "manifest"
     path: str = ""
     domain: Literal["studio", "wild"] = "wild"
     seed: int = 0
     train_size: int = 4000
     test_size: int = 1000
+    prepared_size: int = 160
 
     def validate(self, key: str) -> None:
         if not self.path:
-            raise ConfigError(f"{key}.path is required: the manifest CSV or the output folder")
+            raise ConfigError(f"{key}.path is required: the dataset's file or folder")
         if self.kind == "synthetic":
             _positive(self.train_size, f"{key}.train_size")
             _positive(self.test_size, f"{key}.test_size")
-
-    @property
-    def manifest_path(self) -> Path:
-        if self.kind == "synthetic":
-            return Path(self.path) / "manifest.csv"
-        return Path(self.path)
+        if self.prepared_size < 8:
+            raise ConfigError(f"{key}.prepared_size must be at least 8, got {self.prepared_size}")
 
 
 @dataclass
@@ -87,7 +95,11 @@ class PreprocessingConfig:
 
 @dataclass
 class OptimizerConfig:
-    """Optimiser and cosine schedule over the stage's epochs."""
+    """Optimiser and learning-rate schedule over the stage's epochs.
+
+    `cosine` anneals to zero over the stage; `exponential` multiplies the rate by
+    `decay` every epoch (the reference source recipe: 0.99). Both after any warm-up.
+    """
 
     name: Literal["sgd", "adamw"] = "sgd"
     lr: float = 0.1
@@ -95,9 +107,13 @@ class OptimizerConfig:
     nesterov: bool = True
     weight_decay: float = 5e-4
     warmup_epochs: int = 0
+    schedule: Literal["cosine", "exponential"] = "cosine"
+    decay: float = 0.99
 
     def validate(self, key: str) -> None:
         _positive(self.lr, f"{key}.lr")
+        if not 0 < self.decay <= 1:
+            raise ConfigError(f"{key}.decay (per-epoch factor) must be in (0, 1], got {self.decay}")
         if self.weight_decay < 0:
             raise ConfigError(f"{key}.weight_decay must be >= 0, got {self.weight_decay}")
         if self.warmup_epochs < 0:
@@ -106,10 +122,21 @@ class OptimizerConfig:
 
 @dataclass
 class SourceConfig:
-    """The source model: an existing checkpoint, or how to train one."""
+    """The source model: an existing checkpoint, or how to train one.
+
+    `run_name`: the run folder (under `output_root`) the source model is trained in;
+    experiments naming the same one share one model (AFE->ExpW and AFE->FER2013
+    train the AFE model once). Default: the experiment's own folder.
+    `pretrained`: a file of backbone weights to start from (a torchvision ResNet-18
+    state dict, or one whose keys carry a prefix such as `module.` or `backbone.`,
+    stripped automatically or as given in `pretrained_prefix`).
+    """
 
     checkpoint: str | None = None
     data: DatasetConfig | None = None
+    run_name: str | None = None
+    pretrained: str | None = None
+    pretrained_prefix: str = ""
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     epochs: int = 100
@@ -121,6 +148,8 @@ class SourceConfig:
     def validate(self, key: str) -> None:
         if self.checkpoint is None and self.data is None:
             raise ConfigError(f"{key}: set either {key}.checkpoint or {key}.data to train one")
+        if self.run_name is not None:
+            _folder_name(self.run_name, f"{key}.run_name")
         _positive(self.epochs, f"{key}.epochs")
         _positive(self.batch_size, f"{key}.batch_size")
         if not 0 <= self.label_smoothing < 1:
@@ -217,7 +246,11 @@ class FinetuneConfig:
 
 @dataclass
 class RuntimeConfig:
-    """Hardware and process settings shared by every stage."""
+    """Hardware and process settings shared by every stage.
+
+    `precision: auto` is bf16 mixed precision on a GPU that supports it, else 32-bit;
+    any Lightning precision string (`16-mixed`, `32-true`, ...) is passed through.
+    """
 
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     precision: str = "32-true"
@@ -245,8 +278,8 @@ class ExperimentConfig:
     """One experiment: a source model, a target domain and the three CluP stages."""
 
     name: str
-    target: DatasetConfig
     source: SourceConfig
+    target: DatasetConfig | None = None
     seed: int = 0
     classes: list[str] = field(default_factory=lambda: list(CANONICAL_CLASSES))
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -259,9 +292,9 @@ class ExperimentConfig:
     output_root: str = "lightning_logs"
 
     def validate(self, key: str = "") -> None:
-        if not self.name or "/" in self.name or self.name.startswith("."):
-            raise ConfigError(f"name must be a non-empty folder name, got {self.name!r}")
-        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+        _folder_name(self.name, "name")
+        names = [c.strip().lower() for c in self.classes]
+        if len(names) < 2 or len(set(names)) != len(names) or not all(names):
             raise ConfigError(f"classes must list at least 2 distinct names, got {self.classes}")
         k = self.cluster_labeler.num_clusters
         if k < len(self.classes):
@@ -274,27 +307,63 @@ class ExperimentConfig:
     def run_dir(self) -> Path:
         return Path(self.output_root) / self.name
 
+    def require_target(self) -> DatasetConfig:
+        if self.target is None:
+            raise ConfigError(f"experiment {self.name} names no target dataset (key `target`)")
+        return self.target
+
 
 # ---------------------------------------------------------------- loading
 
 
 def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """Read an experiment YAML, apply `key.sub=value` overrides, convert and validate."""
+    """Read an experiment YAML (with the files it `extends`), apply overrides, validate."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"experiment file {path} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path} is not valid YAML: {err}") from err
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{path} must hold a mapping of keys, got {type(raw).__name__}")
+    raw = read_yaml_tree(path)
     for item in overrides:
         apply_override(raw, item)
     try:
         return experiment_from_dict(raw)
     except ConfigError as err:
         raise ConfigError(f"{path}: {err}") from None
+
+
+def read_yaml_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML mapping merged over the files its `extends` key names, in order.
+
+    Paths in `extends` are relative to the file naming them. Mappings merge key by
+    key; any other value in the extending file replaces the base's.
+    """
+    if not path.is_file():
+        raise ConfigError(f"experiment file {path} does not exist"
+                          + (f" (extended by {chain[-1]})" if chain else ""))
+    if path.resolve() in chain:
+        raise ConfigError(f"{path} extends itself through {' -> '.join(map(str, chain))}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys, got {type(raw).__name__}")
+    bases = raw.pop("extends", None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: extends must be a file name or a list of them")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        merged = _merge(merged, read_yaml_tree(path.parent / base, (*chain, path.resolve())))
+    return _merge(merged, raw)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
 
 
 def experiment_from_dict(raw: Mapping[str, Any]) -> ExperimentConfig:
@@ -419,6 +488,11 @@ def _positive(value: float, key: str) -> None:
 def _fraction(value: float, key: str) -> None:
     if not 0 <= value <= 1:
         raise ConfigError(f"{key} must be in [0, 1], got {value}")
+
+
+def _folder_name(value: str, key: str) -> None:
+    if not value or "/" in value or value.startswith("."):
+        raise ConfigError(f"{key} must be a non-empty folder name, got {value!r}")
 
 
 def _join(prefix: str, name: str) -> str:

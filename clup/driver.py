@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from clup.config import ExperimentConfig, dump_yaml
-from clup.data.datamodule import prepare_dataset
+from clup.data.datasets import prepare_dataset, read_dataset
 from clup.errors import StageFailed
 from clup.io import read_json, write_json, write_text
-from clup.pipeline import LOG_NAME, STAGES, done_record
+from clup.pipeline import LOG_NAME, STAGES, done_record, stage_dir
+from clup.plan import check_cluster_count, check_inputs, datasets_used
 
 STATUS_EVERY_S = 20.0
 
@@ -62,14 +63,20 @@ def visible_gpus(config: ExperimentConfig) -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def cpu_threads(config: ExperimentConfig) -> int:
+    return config.runtime.threads or os.cpu_count() or 1
+
+
 def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
+    check_inputs(config)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", dump_yaml(config))
-    prepare_dataset(config.target)
-    if config.source.checkpoint is None and config.source.data is not None:
-        prepare_dataset(config.source.data)
-    env = plan_devices(visible_gpus(config), config.runtime.threads or os.cpu_count() or 1)
+    for key, dataset in datasets_used(config):
+        prepare_dataset(dataset, key)
+    target = read_dataset(config.require_target(), config.classes, "target")
+    check_cluster_count(config, len(target["train"]))
+    env = plan_devices(visible_gpus(config), cpu_threads(config))
     if config.source.checkpoint is None:
         _run_in_sequence(config, run_dir, "source", env["source"])
     _run_concurrently(config, run_dir, ["stage1", "stage2"], env)
@@ -116,7 +123,7 @@ def _run_in_sequence(config: ExperimentConfig, run_dir: Path, name: str,
         raise
     if code != 0:
         raise StageFailed(f"{STAGES[name].title} failed (exit code {code}); its output is above")
-    print(f"[clup] {STAGES[name].title}: finished in {_seconds(run_dir, name)}")
+    print(f"[clup] {STAGES[name].title}: finished in {_seconds(config, run_dir, name)}")
 
 
 def _run_concurrently(config: ExperimentConfig, run_dir: Path, names: list[str],
@@ -142,7 +149,8 @@ def _run_concurrently(config: ExperimentConfig, run_dir: Path, names: list[str],
                     raise StageFailed(
                         f"{STAGES[name].title} failed (exit code {code}); read {logs[name]}"
                     )
-                print(f"[clup] {STAGES[name].title}: finished in {_seconds(run_dir, name)}")
+                print(f"[clup] {STAGES[name].title}: finished in "
+                      f"{_seconds(config, run_dir, name)}")
             if running and time.monotonic() - last_status > STATUS_EVERY_S:
                 last_status = time.monotonic()
                 for name in running:
@@ -175,8 +183,8 @@ def last_progress_line(log: Path, tail: int = 4096) -> str:
     return pieces[-1][:160] if pieces else "starting"
 
 
-def _seconds(run_dir: Path, name: str) -> str:
-    return f"{read_json(run_dir / name / 'done.json')['seconds']:.1f} s"
+def _seconds(config: ExperimentConfig, run_dir: Path, name: str) -> str:
+    return f"{read_json(stage_dir(config, run_dir, name) / 'done.json')['seconds']:.1f} s"
 
 
 def collect_results(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
@@ -193,7 +201,7 @@ def collect_results(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         "seconds": {},
     }
     for name in STAGES:
-        done = run_dir / name / "done.json"
+        done = stage_dir(config, run_dir, name) / "done.json"
         if done.is_file():
             results["seconds"][name] = read_json(done)["seconds"]
     return results
@@ -201,7 +209,7 @@ def collect_results(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
 
 def _source_accuracy(config: ExperimentConfig, run_dir: Path) -> float | None:
     if config.source.checkpoint is None:
-        return read_json(run_dir / "source" / "metrics.json")["accuracy"]
+        return read_json(stage_dir(config, run_dir, "source") / "metrics.json")["accuracy"]
     from clup.models.checkpoint import load_classifier
 
     test = load_classifier(config.source.checkpoint).metadata.get("test", {})

@@ -9,12 +9,14 @@ its folder cleared first, so it never resumes from a stale checkpoint.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,9 +97,16 @@ def fingerprint(config: ExperimentConfig, name: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def stage_dir(config: ExperimentConfig, run_dir: Path, name: str) -> Path:
+    """A stage's folder; the source model may live in a run folder shared by experiments."""
+    if name == "source" and config.source.run_name:
+        return Path(config.output_root) / config.source.run_name / "source"
+    return run_dir / name
+
+
 def done_record(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, Any] | None:
     """The stage's completion record if it finished under the current settings."""
-    path = run_dir / name / "done.json"
+    path = stage_dir(config, run_dir, name) / "done.json"
     if not path.is_file():
         return None
     record = read_json(path)
@@ -105,34 +114,54 @@ def done_record(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str,
 
 
 def run_stage(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, Any]:
-    """Run one stage in this process, unless it is already done; record its completion."""
-    record = done_record(config, run_dir, name)
-    if record is not None:
-        return record
+    """Run one stage in this process, unless it is already done; record its completion.
+
+    The stage folder is locked while the stage runs, so two experiments sharing a
+    source model train it once: the second waits, then finds it done.
+    """
     stage = STAGES[name]
     for upstream in active_upstream(config, stage):
         if done_record(config, run_dir, upstream) is None:
             raise RuntimeError(f"{stage.title} needs {STAGES[upstream].title} to finish first")
-    stage_dir = run_dir / name
-    current = fingerprint(config, name)
-    started = stage_dir / "started.json"
-    if started.is_file() and read_json(started).get("fingerprint") != current:
-        _clear_stage_folder(stage_dir)
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    write_json(started, {"fingerprint": current})
-    begin = time.perf_counter()
-    L.seed_everything(config.seed, workers=True, verbose=False)
-    result = stage.run(config, run_dir)
-    record = {"fingerprint": current, "seconds": round(time.perf_counter() - begin, 2),
-              "result": result}
-    write_json(stage_dir / "done.json", record)
+    folder = stage_dir(config, run_dir, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    with _locked(folder / ".lock", stage.title):
+        record = done_record(config, run_dir, name)
+        if record is not None:
+            return record
+        current = fingerprint(config, name)
+        started = folder / "started.json"
+        if started.is_file() and read_json(started).get("fingerprint") != current:
+            _clear_stage_folder(folder)
+        write_json(started, {"fingerprint": current})
+        begin = time.perf_counter()
+        L.seed_everything(config.seed, workers=True, verbose=False)
+        result = stage.run(config, run_dir)
+        record = {"fingerprint": current, "seconds": round(time.perf_counter() - begin, 2),
+                  "result": result}
+        write_json(folder / "done.json", record)
     return record
+
+
+@contextmanager
+def _locked(path: Path, title: str) -> Iterator[None]:
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[clup] {title}: another clup process is running it in {path.parent}; "
+                  "waiting for it", flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _clear_stage_folder(stage_dir: Path) -> None:
     """Remove a stale stage's outputs; its log stays, since the driver is writing to it."""
     for child in stage_dir.iterdir():
-        if child.name == LOG_NAME:
+        if child.name in (LOG_NAME, ".lock"):
             continue
         if child.is_dir():
             shutil.rmtree(child)

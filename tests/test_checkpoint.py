@@ -10,6 +10,7 @@ from clup.models.checkpoint import (
     Classifier,
     load_backbone,
     load_classifier,
+    load_pretrained,
     save_backbone,
     save_classifier,
 )
@@ -83,3 +84,50 @@ def test_mismatching_weights_list_keys(tmp_path: Path) -> None:
     torch.save(data, path)
     with pytest.raises(CheckpointError, match=r"missing keys \['head.weight'\].*extra.weight"):
         load_classifier(path)
+
+
+def _resnet_weights(path: Path, prefix: str = "", wrap: bool = False) -> dict:
+    from torchvision.models import resnet18
+
+    state = {f"{prefix}{k}": v for k, v in resnet18(weights=None).state_dict().items()}
+    torch.save({"state_dict": state} if wrap else state, path)
+    return state
+
+
+@pytest.mark.parametrize(("prefix", "wrap", "given"), [
+    ("", False, ""), ("module.", False, ""), ("model.backbone.body.", True, ""),
+    ("encoder.", False, "encoder."),
+])
+def test_pretrained_torchvision_weights_load_with_any_prefix(
+        tmp_path: Path, prefix: str, wrap: bool, given: str) -> None:
+    state = _resnet_weights(tmp_path / "w.pth", prefix, wrap)
+    backbone = build_backbone(BackboneConfig(name="resnet18"))
+    ignored = load_pretrained(backbone, tmp_path / "w.pth", given)
+    assert ignored == ["fc.bias", "fc.weight"]
+    loaded = backbone.body.layer4[1].conv2.weight
+    assert torch.equal(loaded, state[f"{prefix}layer4.1.conv2.weight"])
+
+
+def test_pretrained_weights_that_do_not_fit_list_the_keys(tmp_path: Path) -> None:
+    state = _resnet_weights(tmp_path / "w.pth")
+    with pytest.raises(CheckpointError, match=r"conv1.weight \(64, 3, 7, 7\) vs \(64, 3, 3, 3\)"):
+        load_pretrained(build_backbone(BackboneConfig(small_images=True)), tmp_path / "w.pth")
+    del state["layer1.0.bn1.weight"]
+    state["extra.weight"] = torch.zeros(1)
+    torch.save(state, tmp_path / "partial.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_pretrained(build_backbone(BackboneConfig()), tmp_path / "partial.pth")
+    assert "missing keys [layer1.0.bn1.weight]" in str(err.value)
+    assert "unexpected keys [extra.weight]" in str(err.value)
+
+
+def test_pretrained_files_that_are_no_weights_are_refused(tmp_path: Path) -> None:
+    backbone = build_backbone(BackboneConfig())
+    with pytest.raises(CheckpointError, match="do not exist"):
+        load_pretrained(backbone, tmp_path / "none.pth")
+    torch.save([1, 2], tmp_path / "list.pth")
+    with pytest.raises(CheckpointError, match="holds no state dict"):
+        load_pretrained(backbone, tmp_path / "list.pth")
+    torch.save({"w": Path("/")}, tmp_path / "code.pth")  # not loadable with weights_only
+    with pytest.raises(CheckpointError, match="cannot be read as weights"):
+        load_pretrained(backbone, tmp_path / "code.pth")

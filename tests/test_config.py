@@ -59,8 +59,9 @@ def test_bad_values_name_the_key(tiny_yaml: Path, override: str, message: str) -
 def test_required_sections(tmp_path: Path) -> None:
     experiment = tiny_experiment(tmp_path)
     del experiment["target"]
-    with pytest.raises(ConfigError, match="target is required"):
-        experiment_from_dict(experiment)
+    source_only = experiment_from_dict(experiment)  # a source-training experiment needs none
+    with pytest.raises(ConfigError, match="names no target dataset"):
+        source_only.require_target()
     experiment = tiny_experiment(tmp_path)
     experiment["source"].pop("data")
     with pytest.raises(ConfigError, match="source.checkpoint or source.data"):
@@ -77,3 +78,57 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     listing = write_experiment(tmp_path / "list.yaml", [1, 2])  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="must hold a mapping"):
         load_experiment(listing)
+
+
+def test_extends_merges_base_files_in_order(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    write_experiment(shared / "base.yaml", {"seed": 3, "swav": {"epochs": 7, "batch_size": 16}})
+    source = tiny_experiment(tmp_path)
+    del source["seed"]
+    source["extends"] = "shared/base.yaml"
+    source["swav"] = {"epochs": 9}
+    write_experiment(tmp_path / "source.yaml", source)
+    setup = write_experiment(tmp_path / "setup.yaml", {
+        "extends": ["source.yaml"], "name": "setup", "cluster_labeler": {"num_clusters": 12}})
+    config = load_experiment(setup, ["swav.epochs=11"])
+    assert config.name == "setup" and config.seed == 3
+    assert (config.swav.epochs, config.swav.batch_size) == (11, 16)
+    assert config.cluster_labeler.num_clusters == 12
+    assert config.cluster_labeler.selection_ratio == 0.5  # from source.yaml
+
+
+def test_extends_reports_missing_files_and_cycles(tmp_path: Path) -> None:
+    write_experiment(tmp_path / "a.yaml", {"extends": "b.yaml"})
+    write_experiment(tmp_path / "b.yaml", {"extends": "a.yaml"})
+    with pytest.raises(ConfigError, match="extends itself"):
+        load_experiment(tmp_path / "a.yaml")
+    write_experiment(tmp_path / "c.yaml", {"extends": "gone.yaml"})
+    with pytest.raises(ConfigError, match=r"gone.yaml does not exist \(extended by .*c.yaml\)"):
+        load_experiment(tmp_path / "c.yaml")
+    write_experiment(tmp_path / "d.yaml", {"extends": {"x": 1}})
+    with pytest.raises(ConfigError, match="extends must be a file name or a list"):
+        load_experiment(tmp_path / "d.yaml")
+
+
+@pytest.mark.parametrize("name", ["afe-expw", "afe-fer2013", "rafdb-expw", "rafdb-fer2013"])
+def test_paper_setups_carry_the_reference_settings(name: str) -> None:
+    reference = {"afe-expw": (1000, 0.1), "afe-fer2013": (250, 0.1),
+                 "rafdb-expw": (250, 0.3), "rafdb-fer2013": (1000, 0.2)}
+    config = load_experiment(Path(__file__).parent.parent / "experiments" / f"{name}.yaml")
+    labeler = config.cluster_labeler
+    assert (labeler.num_clusters, labeler.selection_ratio) == reference[name]
+    assert config.backbone.name == config.source.backbone.name == "resnet18"
+    assert config.backbone.small_images and not config.source.backbone.small_images
+    finetune = config.finetune
+    assert (finetune.epochs, finetune.batch_size, finetune.mixup_alpha) == (50, 32, 0.2)
+    assert (finetune.optimizer.name, finetune.optimizer.lr, finetune.optimizer.momentum,
+            finetune.optimizer.nesterov, finetune.optimizer.weight_decay) == \
+        ("sgd", 0.1, 0.9, True, 5e-4)
+    assert (config.swav.n_prototypes, config.swav.projection_hidden_dim,
+            config.swav.projection_dim, config.swav.epochs) == (5000, 2048, 128, 1000)
+    source = config.source
+    assert (source.label_smoothing, source.optimizer.lr, source.optimizer.schedule,
+            source.optimizer.decay, source.preprocessing.image_size) == \
+        (0.1, 0.01, "exponential", 0.99, 160)
+    assert source.run_name == f"source-{name.split('-')[0]}"

@@ -94,7 +94,9 @@ def _check_purity_and_selection(rows: list[dict[str, str]], ratio: float) -> Non
 
 def test_failing_stage_stops_the_other_and_names_its_log(tmp_path: Path) -> None:
     experiment = tiny_experiment(tmp_path)
-    experiment["cluster_labeler"]["num_clusters"] = 500  # more clusters than images
+    broken = tmp_path / "broken.ckpt"
+    broken.write_bytes(b"not a checkpoint")  # exists, so the run starts; stage 1 cannot load it
+    experiment["source"]["checkpoint"] = str(broken)
     experiment["swav"]["epochs"] = 200
     path = write_experiment(tmp_path / "tiny.yaml", experiment)
     started = time.monotonic()
@@ -103,9 +105,18 @@ def test_failing_stage_stops_the_other_and_names_its_log(tmp_path: Path) -> None
     assert "stage 1, ClusterLabeler failed" in result.stderr
     assert "stage1/stage.log" in result.stderr
     log = (tmp_path / "runs/tiny/stage1/stage.log").read_text()
-    assert "num_clusters (500) exceeds the number of target train images (84)" in log
+    assert "broken.ckpt is not a readable clup checkpoint" in log
     assert not (tmp_path / "runs/tiny/stage2/done.json").exists()
     assert time.monotonic() - started < 120
+
+
+def test_more_clusters_than_target_images_stops_before_any_training(tmp_path: Path) -> None:
+    experiment = tiny_experiment(tmp_path)
+    experiment["cluster_labeler"]["num_clusters"] = 500
+    result = clup("run", str(write_experiment(tmp_path / "tiny.yaml", experiment)))
+    assert result.returncode == 2
+    assert "num_clusters is 500, but the target has only 84 train images" in result.stderr
+    assert not (tmp_path / "runs/tiny/source").exists()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="relies on Linux parent-death signals")

@@ -12,10 +12,13 @@ from clup.errors import ManifestError
 CLASSES = list(CANONICAL_CLASSES)
 
 
-def _manifest(tmp_path: Path, text: str) -> Path:
+def _manifest(tmp_path: Path, text: str, images: tuple[str, ...] = ("a", "b", "c", "d")
+              ) -> Path:
     path = tmp_path / "data" / "manifest.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
+    for name in images:
+        (path.parent / f"{name}.png").write_bytes(b"")
     return path
 
 
@@ -65,3 +68,26 @@ def test_images_load_as_rgb_and_bad_files_are_named(tmp_path: Path) -> None:
         load_image(tmp_path / "broken.png")
     with pytest.raises(ManifestError, match="missing.png does not exist"):
         load_image(tmp_path / "missing.png")
+
+
+def test_missing_images_are_reported_together_with_their_lines(tmp_path: Path) -> None:
+    text = "path,label\na.png,1\nx.png,2\nb.png,3\ny.png,4\n"
+    with pytest.raises(ManifestError) as err:
+        read_manifest(_manifest(tmp_path, text, images=("a", "b")), CLASSES)
+    message = str(err.value)
+    assert message.startswith("2 images listed in")
+    assert "manifest.csv:3: x.png" in message and "manifest.csv:5: y.png" in message
+
+
+def test_ids_of_another_class_order_are_mapped_by_name(tmp_path: Path) -> None:
+    # A prepared dataset's ids are canonical; an experiment may order or name classes its way.
+    own = ["neutral", "happy", "sad", "angry", "surprised", "fear", "disgust"]
+    path = _manifest(tmp_path, "path,label\na.png,6\nb.png,3\nc.png,0\nd.png,happy\n")
+    labels = read_manifest(path, own, id_names=CANONICAL_CLASSES)["train"].labels
+    assert labels.tolist() == [0, 1, 4, 1]
+
+
+def test_a_class_the_experiment_lacks_stops_the_run(tmp_path: Path) -> None:
+    path = _manifest(tmp_path, "path,label\na.png,6\n")
+    with pytest.raises(ManifestError, match=r"\['Neutral'\] are not among"):
+        read_manifest(path, CLASSES[:6], id_names=CANONICAL_CLASSES)

@@ -22,7 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from clup.config import DatasetConfig, PreprocessingConfig, SwAVConfig
-from clup.data.manifest import ImageTable, read_manifest
+from clup.data.datasets import prepare_dataset, read_dataset
+from clup.data.manifest import ImageTable
 from clup.data.transforms import MultiCrop, eval_transform, train_transform
 from clup.errors import ManifestError
 
@@ -106,9 +107,11 @@ class DomainDataModule(L.LightningDataModule):
         swav: SwAVConfig | None = None,
         pseudo_labels: Path | None = None,
         color_jitter: float = 0.0,
+        key: str = "target",
     ) -> None:
         super().__init__()
         self.dataset = dataset
+        self.key = key
         self.classes = classes
         self.preprocessing = preprocessing
         self.batch_size = batch_size
@@ -121,13 +124,13 @@ class DomainDataModule(L.LightningDataModule):
         self.splits: dict[str, ImageTable] = {}
 
     def prepare_data(self) -> None:
-        prepare_dataset(self.dataset)
+        prepare_dataset(self.dataset, self.key)
 
     def setup(self, stage: str | None = None) -> None:
         if not self.splits:
-            self.splits = read_manifest(self.dataset.manifest_path, self.classes)
+            self.splits = read_dataset(self.dataset, self.classes, self.key)
         if not len(self.splits["train"]):
-            raise ManifestError(f"{self.dataset.manifest_path} has no train images")
+            raise ManifestError(f"{self.key} ({self.dataset.path}) has no train images")
 
     @property
     def train_table(self) -> ImageTable:
@@ -158,7 +161,8 @@ class DomainDataModule(L.LightningDataModule):
                                    train_transform(self.preprocessing, self.color_jitter), indices)
         else:
             if not table.has_labels:
-                raise ManifestError(f"{self.dataset.manifest_path}: training needs labels")
+                raise ManifestError(f"{self.key} ({self.dataset.path}): training needs labels "
+                                    "on every train image")
             dataset = ImageDataset(table, train_transform(self.preprocessing, self.color_jitter))
         return self._loader(dataset, self.batch_size, shuffle=True)
 
@@ -180,20 +184,3 @@ class DomainDataModule(L.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             pin_memory=torch.cuda.is_available(),
         )
-
-
-def prepare_dataset(dataset: DatasetConfig) -> Path:
-    """Make sure the manifest exists (rendering the embedded benchmark if asked to)."""
-    if dataset.kind == "synthetic":
-        from clup.data.synthetic import generate_domain
-
-        return generate_domain(
-            Path(dataset.path),
-            dataset.domain,
-            n_train=dataset.train_size,
-            n_test=dataset.test_size,
-            seed=dataset.seed,
-        )
-    if not dataset.manifest_path.is_file():
-        raise ManifestError(f"manifest {dataset.manifest_path} does not exist")
-    return dataset.manifest_path

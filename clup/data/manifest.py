@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from clup.data.raw.base import resolve_inside
 from clup.errors import ManifestError
 
 UNLABELLED = -1
@@ -30,13 +32,22 @@ class ImageTable:
         return len(self.labels) > 0 and bool((self.labels != UNLABELLED).all())
 
 
-def read_manifest(path: str | Path, classes: list[str]) -> dict[str, ImageTable]:
-    """Read every split of a manifest. A manifest without `split` is all train."""
+def read_manifest(
+    path: str | Path, classes: list[str], id_names: Sequence[str] | None = None
+) -> dict[str, ImageTable]:
+    """Read every split of a manifest. A manifest without `split` is all train.
+
+    A numeric label is an index into `id_names` when given (prepared datasets use
+    the canonical order), else into `classes`. Every listed image must exist: the
+    missing ones are reported together, each with its line.
+    """
     path = Path(path)
     if not path.is_file():
         raise ManifestError(f"manifest {path} does not exist")
     class_ids = _class_lookup(classes)
+    id_map = map_class_ids(id_names, classes, str(path)) if id_names is not None else None
     rows: dict[str, tuple[list[Path], list[int]]] = {s: ([], []) for s in SPLITS}
+    missing: list[str] = []
     root = path.parent.resolve()
     with path.open(newline="") as handle:
         reader = csv.DictReader(handle)
@@ -48,11 +59,29 @@ def read_manifest(path: str | Path, classes: list[str]) -> dict[str, ImageTable]
             split = (row.get("split") or "train").strip()
             if split not in SPLITS:
                 raise ManifestError(f"{where}: split must be one of {SPLITS}, got {split!r}")
-            image = _resolve(root, row["path"], where)
+            image = resolve_inside(root, row["path"] or "", where)
+            if not image.is_file():
+                missing.append(f"{where}: {row['path']}")
             paths, labels = rows[split]
             paths.append(image)
-            labels.append(_parse_label(row.get("label"), class_ids, len(classes), where))
+            labels.append(_parse_label(row.get("label"), class_ids, id_map, where))
+    if missing:
+        shown = "; ".join(missing[:5]) + ("; ..." if len(missing) > 5 else "")
+        raise ManifestError(f"{len(missing)} images listed in {path} do not exist: {shown}")
     return {s: ImageTable(p, np.asarray(lab, dtype=np.int64)) for s, (p, lab) in rows.items()}
+
+
+def map_class_ids(id_names: Sequence[str], classes: list[str], dataset: str
+                  ) -> dict[int, int]:
+    """Dataset id -> experiment id, by class name; the label set must not change silently."""
+    ids = _class_lookup(classes)
+    absent = [n for n in id_names if canonical_name(n) not in ids]
+    if absent:
+        raise ManifestError(
+            f"{dataset} is labelled with the classes {list(id_names)}, but {absent} are not "
+            f"among the experiment's classes {classes}"
+        )
+    return {i: ids[canonical_name(n)] for i, n in enumerate(id_names)}
 
 
 def canonical_name(name: str) -> str:
@@ -64,24 +93,18 @@ def _class_lookup(classes: list[str]) -> dict[str, int]:
     return {canonical_name(c): i for i, c in enumerate(classes)}
 
 
-def _resolve(root: Path, relative: str | None, where: str) -> Path:
-    if not relative:
-        raise ManifestError(f"{where}: empty path")
-    image = (root / relative).resolve()
-    if not image.is_relative_to(root):
-        raise ManifestError(f"{where}: path {relative!r} escapes the dataset folder {root}")
-    return image
-
-
-def _parse_label(text: str | None, class_ids: dict[str, int], num_classes: int, where: str) -> int:
+def _parse_label(
+    text: str | None, class_ids: dict[str, int], id_map: dict[int, int] | None, where: str
+) -> int:
     text = (text or "").strip()
     if not text:
         return UNLABELLED
     if text.lstrip("-").isdigit():
         label = int(text)
-        if not 0 <= label < num_classes:
-            raise ManifestError(f"{where}: label {label} is outside 0..{num_classes - 1}")
-        return label
+        num_ids = len(id_map) if id_map is not None else len(class_ids)
+        if not 0 <= label < num_ids:
+            raise ManifestError(f"{where}: label {label} is outside 0..{num_ids - 1}")
+        return id_map[label] if id_map is not None else label
     if canonical_name(text) in class_ids:
         return class_ids[canonical_name(text)]
     raise ManifestError(

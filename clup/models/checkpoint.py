@@ -128,3 +128,74 @@ def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | P
             f"{path} does not match the model: missing keys {result.missing_keys}, "
             f"unexpected keys {result.unexpected_keys}"
         )
+
+
+HEAD_PREFIXES = ("fc.", "head.", "classifier.")
+"""Keys of a classifier head in a pretrained file: replaced by the new head, so ignored."""
+
+
+def load_pretrained(backbone: Backbone, path: str | Path, prefix: str = "") -> list[str]:
+    """Initialise `backbone` from a state-dict file; return the head keys it ignored.
+
+    The file is read with `weights_only=True`. It may be a plain state dict (a
+    torchvision ResNet-18's) or a dict holding one under `state_dict` (Lightning,
+    clup); a key prefix such as `module.` is detected or taken from `prefix`.
+    Anything else that does not match the backbone stops with the keys at fault.
+    """
+    state = _read_state_dict(Path(path))
+    expected = backbone.body.state_dict()
+    prefix = prefix or _detect_prefix(state, expected)
+    given = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    ignored = sorted(k for k in given if k not in expected and k.startswith(HEAD_PREFIXES))
+    unexpected = sorted(set(given) - set(expected) - set(ignored))
+    unexpected += sorted(k for k in state if not k.startswith(prefix))
+    missing = sorted(set(expected) - set(given))
+    mismatched = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
+                  for k, v in expected.items() if k in given and given[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"{path} does not fit the backbone (prefix stripped: {prefix!r}): "
+            f"missing keys {_few(missing)}, unexpected keys {_few(unexpected)}, "
+            f"shape mismatches (file vs model) {_few(mismatched)}"
+        )
+    backbone.body.load_state_dict({k: given[k] for k in expected})
+    return ignored
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise CheckpointError(f"pretrained weights {path} do not exist")
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
+        raise CheckpointError(f"{path} cannot be read as weights (weights_only=True): {err}"
+                              ) from err
+    if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+        data = data["state_dict"]
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
+    ):
+        raise CheckpointError(f"{path} holds no state dict (a mapping of names to tensors)")
+    return data
+
+
+def _detect_prefix(state: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]) -> str:
+    """The prefix that makes the most of the file's keys match the backbone's.
+
+    A prefix counts only if it matches at least half of the backbone's keys, so a
+    file for another architecture is reported as it is, not through a chance prefix.
+    """
+    def matches(prefix: str) -> int:
+        return sum(k[len(prefix):] in expected for k in state if k.startswith(prefix))
+
+    candidates = {key[: -len(name)] for key in state for name in expected
+                  if key.endswith(name) and key != name}
+    best = max(sorted(candidates), key=matches, default="")
+    return best if matches(best) > max(matches(""), len(expected) // 2) else ""
+
+
+def _few(keys: list[str], limit: int = 8) -> str:
+    if not keys:
+        return "none"
+    shown = ", ".join(keys[:limit])
+    return f"[{shown}{f', ... {len(keys) - limit} more' if len(keys) > limit else ''}]"

@@ -24,6 +24,7 @@ from clup.data.manifest import ImageTable
 from clup.errors import ConfigError
 from clup.io import write_json, write_text
 from clup.models.checkpoint import Classifier, load_classifier
+from clup.pipeline import stage_dir
 from clup.pseudo_labels import (
     agreeing_members,
     assign_pseudo_labels,
@@ -116,7 +117,7 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
             f"classes {config.classes}"
         )
     datamodule = DomainDataModule(
-        config.target, config.classes, source.preprocessing,
+        config.require_target(), config.classes, source.preprocessing,
         eval_batch_size=config.cluster_labeler.batch_size,
         num_workers=config.runtime.num_workers,
     )
@@ -157,4 +158,4 @@ def source_checkpoint(config: ExperimentConfig, run_dir: Path) -> Path:
     """The experiment's source model, or the one the driver trained into the run folder."""
     if config.source.checkpoint:
         return Path(config.source.checkpoint)
-    return run_dir / "source" / "model.ckpt"
+    return stage_dir(config, run_dir, "source") / "model.ckpt"

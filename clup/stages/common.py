@@ -39,14 +39,21 @@ def configure_optimizer(
     else:
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     total = max(int(module.trainer.estimated_stepping_batches), 1)
-    warmup = int(total * config.warmup_epochs / max(module.trainer.max_epochs or 1, 1))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup, total))
+    epoch_steps = max(total // max(module.trainer.max_epochs or 1, 1), 1)
+    warmup = epoch_steps * config.warmup_epochs
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup, total, config, epoch_steps)
+    )
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
 
-def lr_factor(step: int, warmup: int, total: int) -> float:
+def lr_factor(step: int, warmup: int, total: int, config: OptimizerConfig,
+              epoch_steps: int) -> float:
+    """Linear warm-up, then cosine to zero or `decay` per epoch."""
     if step < warmup:
         return (step + 1) / warmup
+    if config.schedule == "exponential":
+        return config.decay ** ((step - warmup) // epoch_steps)
     progress = (step - warmup) / max(total - warmup, 1)
     return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
 
@@ -139,6 +146,13 @@ class ResumeCheckpoint(Callback):
             os.replace(partial, self.path)
 
 
+def resolve_precision(precision: str, accelerator: str) -> str:
+    if precision != "auto":
+        return precision
+    gpu = accelerator != "cpu" and torch.cuda.is_available()
+    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+
+
 def make_trainer(
     config: ExperimentConfig,
     stage_dir: Path,
@@ -150,7 +164,7 @@ def make_trainer(
     return L.Trainer(
         accelerator=config.runtime.accelerator,
         devices=1,
-        precision=config.runtime.precision,
+        precision=resolve_precision(config.runtime.precision, config.runtime.accelerator),
         max_epochs=max_epochs,
         logger=make_loggers(config, stage_dir, stage),
         callbacks=[ResumeCheckpoint(stage_dir / "checkpoints" / "last.ckpt")],

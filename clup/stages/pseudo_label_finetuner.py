@@ -39,7 +39,7 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     module = PseudoLabelFinetuner(model, config.classes, config.finetune.optimizer,
                                   config.finetune.mixup_alpha, config.seed)
     datamodule = DomainDataModule(
-        config.target, config.classes, config.preprocessing,
+        config.require_target(), config.classes, config.preprocessing,
         batch_size=config.finetune.batch_size, num_workers=config.runtime.num_workers,
         train_views="pseudo_labels", pseudo_labels=run_dir / "stage1" / "pseudo_labels.csv",
         color_jitter=config.finetune.color_jitter,

@@ -11,7 +11,8 @@ import torch.nn.functional as F
 from clup.config import ExperimentConfig, OptimizerConfig
 from clup.data.datamodule import DomainDataModule
 from clup.models.backbones import build_backbone
-from clup.models.checkpoint import Classifier
+from clup.models.checkpoint import Classifier, load_pretrained
+from clup.pipeline import stage_dir
 from clup.stages.common import ClassifierModule, fit_and_evaluate
 
 
@@ -40,10 +41,15 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     datamodule = DomainDataModule(
         source.data, config.classes, source.preprocessing,
         batch_size=source.batch_size, num_workers=config.runtime.num_workers,
-        color_jitter=source.color_jitter,
+        color_jitter=source.color_jitter, key="source.data",
     )
-    model = Classifier(build_backbone(source.backbone), len(config.classes))
+    backbone = build_backbone(source.backbone)
+    if source.pretrained:
+        ignored = load_pretrained(backbone, source.pretrained, source.pretrained_prefix)
+        print(f"[clup] backbone initialised from {source.pretrained}"
+              + (f"; head keys ignored: {', '.join(ignored)}" if ignored else ""), flush=True)
+    model = Classifier(backbone, len(config.classes))
     module = SourceClassifier(model, config.classes, source.optimizer, source.label_smoothing)
-    metrics = fit_and_evaluate(config, run_dir / "source", "source", module, datamodule,
-                               source.epochs, source.backbone)
+    metrics = fit_and_evaluate(config, stage_dir(config, run_dir, "source"), "source", module,
+                               datamodule, source.epochs, source.backbone)
     return {"source_test_accuracy": metrics["accuracy"]}

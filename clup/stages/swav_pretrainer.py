@@ -97,7 +97,7 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     """Pretrain (resuming from the last epoch) and write `stage2/backbone.ckpt`."""
     stage_dir = run_dir / "stage2"
     datamodule = DomainDataModule(
-        config.target, config.classes, config.preprocessing,
+        config.require_target(), config.classes, config.preprocessing,
         batch_size=config.swav.batch_size, num_workers=config.runtime.num_workers,
         train_views="multicrop", swav=config.swav,
     )

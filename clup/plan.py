@@ -1,0 +1,138 @@
+"""What a run needs and what it will do: the checks made before anything trains.
+
+`check_inputs` runs at the start of every `clup run` so that a missing dataset or
+checkpoint stops it at once, not after hours of source training. `describe_plan`
+is `clup run --dry-run`: it also reads every input (list files, manifests, a few
+images, checkpoints) and prints stages, devices and the output folder.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from clup.config import CANONICAL_CLASSES, RAW_DATASETS, DatasetConfig, ExperimentConfig
+from clup.data.datamodule import load_image
+from clup.data.datasets import (
+    check_exists,
+    describe_dataset,
+    manifest_of,
+    prepared_dir,
+    raw_source,
+    read_dataset,
+)
+from clup.data.manifest import ImageTable, map_class_ids
+from clup.errors import CheckpointError, ConfigError
+
+SAMPLE_IMAGES = 3
+
+
+def datasets_used(config: ExperimentConfig) -> list[tuple[str, DatasetConfig]]:
+    """(key, dataset) of every dataset the run reads: the target, and the source if trained."""
+    used = [("target", config.require_target())]
+    if config.source.checkpoint is None and config.source.data is not None:
+        used.append(("source.data", config.source.data))
+    return used
+
+
+def check_inputs(config: ExperimentConfig) -> None:
+    """Stop at once when a dataset, checkpoint or weights file the run needs is missing."""
+    for key, dataset in datasets_used(config):
+        check_exists(dataset, key)
+    source = config.source
+    if source.checkpoint is not None and not Path(source.checkpoint).is_file():
+        raise CheckpointError(f"source.checkpoint {source.checkpoint} does not exist")
+    if source.checkpoint is None and source.pretrained and not Path(source.pretrained).is_file():
+        raise CheckpointError(f"source.pretrained {source.pretrained} does not exist")
+
+
+def check_cluster_count(config: ExperimentConfig, train_images: int) -> None:
+    """K-means needs at least K target train images; say so before anything trains."""
+    k = config.cluster_labeler.num_clusters
+    if train_images < k:
+        raise ConfigError(
+            f"cluster_labeler.num_clusters is {k}, but the target has only {train_images} "
+            f"train images: lower it (cluster_labeler.num_clusters=...)"
+        )
+
+
+def describe_plan(config: ExperimentConfig, gpus: list[str], cpu_threads: int) -> str:
+    """Read every input and say what `clup run` would do, without training."""
+    from clup.driver import plan_devices
+    from clup.pipeline import STAGES, done_record, stage_dir
+
+    check_inputs(config)
+    lines = [f"Experiment {config.name}: configuration valid",
+             f"  output folder  {config.run_dir}", "  data"]
+    for key, dataset in datasets_used(config):
+        lines += [f"    {key:<12} {line}" for line in _describe_data(dataset, key, config)]
+    lines += [f"  source model   {_describe_source(config)}", "  stages"]
+    env = plan_devices(gpus, cpu_threads)
+    names = [n for n in STAGES if n != "source" or config.source.checkpoint is None]
+    for name in names:
+        state = ("done, reused" if done_record(config, config.run_dir, name) is not None
+                 else "will run")
+        where = stage_dir(config, config.run_dir, name)
+        lines.append(f"    {STAGES[name].title:<31} {state:<13} {_devices(env[name])}  {where}")
+    lines.append("  (stage 1 and stage 2 run at the same time)")
+    lines.append("Dry run: nothing was trained.")
+    return "\n".join(lines)
+
+
+def _describe_data(dataset: DatasetConfig, key: str, config: ExperimentConfig) -> list[str]:
+    where = describe_dataset(dataset, key)
+    manifest = manifest_of(dataset, key)
+    if dataset.kind in (*RAW_DATASETS, "synthetic"):
+        map_class_ids(CANONICAL_CLASSES, config.classes, f"{key} ({where})")
+    if dataset.kind == "synthetic" and manifest is not None and not manifest.is_file():
+        return [where, f"  not rendered yet: the run renders {dataset.train_size} train and "
+                f"{dataset.test_size} test images"]
+    if dataset.kind in RAW_DATASETS and manifest is not None and not manifest.is_file():
+        reader, root = raw_source(dataset, key)
+        faces = reader.read(root, split_seed=dataset.seed)
+        images = {f.image for f in faces if f.image is not None}
+        missing = sum(not p.is_file() for p in images)
+        for path in sorted(p for p in images if p.is_file())[:SAMPLE_IMAGES]:
+            load_image(path)
+        if key == "target":
+            check_cluster_count(config, sum(f.split == "train" for f in faces))
+        return [where, f"  not prepared yet: {len(faces)} faces listed, {missing} image files "
+                f"missing (they would be skipped); the run prepares it into "
+                f"{prepared_dir(dataset, key)}"]
+    splits = read_dataset(dataset, config.classes, key)
+    if key == "target":
+        check_cluster_count(config, len(splits["train"]))
+    for table in splits.values():
+        _read_samples(table)
+    counts = ", ".join(f"{len(t)} {s}{'' if t.has_labels or not len(t) else ' (unlabelled)'}"
+                       for s, t in splits.items())
+    return [where, f"  {'prepared, ' if dataset.kind in RAW_DATASETS else ''}{counts}"]
+
+
+def _read_samples(table: ImageTable) -> None:
+    for path in table.paths[:SAMPLE_IMAGES]:
+        load_image(path)
+
+
+def _describe_source(config: ExperimentConfig) -> str:
+    from clup.models.backbones import build_backbone
+    from clup.models.checkpoint import load_classifier, load_pretrained
+
+    source = config.source
+    if source.checkpoint is not None:
+        loaded = load_classifier(source.checkpoint)
+        if loaded.classes != list(config.classes):
+            raise CheckpointError(f"source.checkpoint {source.checkpoint} has the classes "
+                                  f"{loaded.classes}, the experiment {config.classes}")
+        return f"checkpoint {source.checkpoint} ({loaded.backbone.name}, classes match)"
+    start = "from scratch"
+    if source.pretrained:
+        load_pretrained(build_backbone(source.backbone), source.pretrained,
+                        source.pretrained_prefix)
+        start = f"from {source.pretrained} (weights fit the backbone)"
+    return f"trained ({source.backbone.name}, {start}, {source.epochs} epochs)"
+
+
+def _devices(env: dict[str, str]) -> str:
+    gpus = env.get("CUDA_VISIBLE_DEVICES", "")
+    return f"GPUs {gpus}" if gpus else f"CPU threads: {env.get('CLUP_THREADS', os.cpu_count())}"
