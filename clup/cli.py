@@ -131,7 +131,7 @@ def _prepare(args: argparse.Namespace) -> int:
     root = args.root.resolve() if args.root else Path(get_dataset(args.dataset).folder)
     dataset = DatasetConfig(kind=args.dataset, path=str(root), seed=args.split_seed,
                             prepared_size=args.size)
-    reader, root = raw_source(dataset, "--root")
+    reader, root = raw_source(dataset, "--root" if args.root else "the default --root")
     out = args.out or prepared_dir(dataset, "--out")
     report = prepare(reader, root, out, size=args.size, split_seed=args.split_seed,
                      workers=args.workers)

@@ -185,8 +185,13 @@ class ClusterLabelerConfig:
 
 @dataclass
 class SwAVConfig:
-    """Stage 2: SwAV with multi-crop (Caron et al., 2020)."""
+    """Stage 2: SwAV with multi-crop (Caron et al., 2020).
 
+    `run_name`: a run folder (under `output_root`) shared by the experiments with the
+    same target, so SwAV is trained once per target. Default: the experiment's own.
+    """
+
+    run_name: str | None = None
     epochs: int = 200
     batch_size: int = 64
     optimizer: OptimizerConfig = field(
@@ -210,6 +215,8 @@ class SwAVConfig:
     queue_start_epoch: int = 15
 
     def validate(self, key: str) -> None:
+        if self.run_name is not None:
+            _folder_name(self.run_name, f"{key}.run_name")
         for name in ("epochs", "batch_size", "n_prototypes", "projection_hidden_dim",
                      "projection_dim", "local_crop_size"):
             _positive(getattr(self, name), f"{key}.{name}")
@@ -319,20 +326,24 @@ class ExperimentConfig:
 def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """Read an experiment YAML (with the files it `extends`), apply overrides, validate."""
     path = Path(path)
-    raw = read_yaml_tree(path)
+    files: list[Path] = []
+    raw = read_yaml_tree(path, files=files)
     for item in overrides:
         apply_override(raw, item)
     try:
         return experiment_from_dict(raw)
     except ConfigError as err:
-        raise ConfigError(f"{path}: {err}") from None
+        bases = f" (merged with {', '.join(map(str, files[:-1]))})" if len(files) > 1 else ""
+        raise ConfigError(f"{path}{bases}: {err}") from None
 
 
-def read_yaml_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+def read_yaml_tree(path: Path, chain: tuple[Path, ...] = (),
+                   files: list[Path] | None = None) -> dict[str, Any]:
     """A YAML mapping merged over the files its `extends` key names, in order.
 
     Paths in `extends` are relative to the file naming them. Mappings merge key by
-    key; any other value in the extending file replaces the base's.
+    key; any other value in the extending file replaces the base's. `files` collects
+    every file read, bases first.
     """
     if not path.is_file():
         raise ConfigError(f"experiment file {path} does not exist"
@@ -352,7 +363,10 @@ def read_yaml_tree(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{path}: extends must be a file name or a list of them")
     merged: dict[str, Any] = {}
     for base in bases:
-        merged = _merge(merged, read_yaml_tree(path.parent / base, (*chain, path.resolve())))
+        merged = _merge(merged, read_yaml_tree(path.parent / base, (*chain, path.resolve()),
+                                               files))
+    if files is not None:
+        files.append(path)
     return _merge(merged, raw)
 
 

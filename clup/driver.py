@@ -129,7 +129,7 @@ def _run_in_sequence(config: ExperimentConfig, run_dir: Path, name: str,
 def _run_concurrently(config: ExperimentConfig, run_dir: Path, names: list[str],
                       env: dict[str, dict[str, str]]) -> None:
     running: dict[str, subprocess.Popen] = {}
-    logs = {name: run_dir / name / LOG_NAME for name in names}
+    logs = {name: stage_dir(config, run_dir, name) / LOG_NAME for name in names}
     for name in names:
         if done_record(config, run_dir, name) is not None:
             print(f"[clup] {STAGES[name].title}: done already, reused")

@@ -1,7 +1,8 @@
-"""Atomic file writes: a crash never leaves a half-written file that a rerun trusts."""
+"""Atomic file writes (a crash never leaves a half-written file that a rerun trusts), locks."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import tempfile
@@ -9,8 +10,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
-
-import torch
 
 
 @contextmanager
@@ -55,5 +54,26 @@ def read_json(path: str | Path) -> Any:
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
+    import torch  # here, not at the top: data preparation workers never need torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+@contextmanager
+def file_lock(path: Path, waiting: str) -> Iterator[None]:
+    """Hold an exclusive lock on `path`; print `waiting` if another process holds it.
+
+    The kernel releases the lock when its holder dies, so a crash never leaves it taken.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(waiting, flush=True)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -43,7 +43,10 @@ def _user_setting(key: str) -> tuple[Path | None, str]:
     if unknown:
         raise ConfigError(f"{path}: unknown keys {unknown}; accepted: {', '.join(USER_KEYS)}")
     value = settings.get(key)
-    return (Path(str(value)).expanduser(), f"{key} in {path}") if value else (None, "")
+    if not value:
+        return None, ""
+    # Relative to the file, so the setting means the same folder wherever clup runs.
+    return path.parent / Path(str(value)).expanduser(), f"{key} in {path}"
 
 
 def data_root() -> tuple[Path | None, str]:
@@ -63,11 +66,14 @@ def prepared_root() -> Path | None:
     return root / "clup-prepared" if root is not None else None
 
 
-def raw_dataset_root(path: str, key: str) -> tuple[Path, str]:
-    """An absolute dataset path as it is; a relative one under the data root."""
+def raw_dataset_root(path: str, key: str) -> tuple[Path, str | None]:
+    """An absolute dataset path as it is; a relative one under the data root.
+
+    Also returns where the data root came from (None for an absolute path), for messages.
+    """
     given = Path(path).expanduser()
     if given.is_absolute():
-        return given, key
+        return given, None
     root, origin = data_root()
     if root is None:
         raise ConfigError(

@@ -9,14 +9,12 @@ its folder cleared first, so it never resumes from a stale checkpoint.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import importlib
 import json
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,8 @@ from typing import Any
 import lightning as L
 
 from clup.config import ExperimentConfig, config_to_dict
-from clup.io import read_json, write_json
+from clup.errors import ConfigError
+from clup.io import file_lock, read_json, write_json
 
 LOG_NAME = "stage.log"
 
@@ -44,7 +43,9 @@ class Stage:
 
 
 def _source_settings(c: ExperimentConfig) -> dict[str, Any]:
-    return {"classes": c.classes, "seed": c.seed, "source": config_to_dict(c.source)}
+    pretrained = c.source.pretrained
+    return {"classes": c.classes, "seed": c.seed, "source": config_to_dict(c.source),
+            "pretrained": _file_digest(Path(pretrained)) if pretrained else None}
 
 
 def _stage1_settings(c: ExperimentConfig) -> dict[str, Any]:
@@ -97,11 +98,46 @@ def fingerprint(config: ExperimentConfig, name: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+SHARED_RUN_KEYS = {"source": "source.run_name", "stage2": "swav.run_name"}
+"""Stages whose folder experiments may share: the source model, and SwAV (it depends on
+the target only, so the setups with one target share it, as the reference release did)."""
+
+
+def shared_run(config: ExperimentConfig, name: str) -> str | None:
+    """The shared run folder a stage lives in, if the experiment names one."""
+    if name == "source":
+        return config.source.run_name
+    if name == "stage2":
+        return config.swav.run_name
+    return None
+
+
 def stage_dir(config: ExperimentConfig, run_dir: Path, name: str) -> Path:
-    """A stage's folder; the source model may live in a run folder shared by experiments."""
-    if name == "source" and config.source.run_name:
-        return Path(config.output_root) / config.source.run_name / "source"
-    return run_dir / name
+    """A stage's folder: in the experiment's run folder, or in a shared one."""
+    shared = shared_run(config, name)
+    return Path(config.output_root) / shared / name if shared else run_dir / name
+
+
+def check_shared_stages(config: ExperimentConfig, run_dir: Path) -> None:
+    """A shared stage made under other settings is never overwritten: other experiments
+    rely on it. Stop, saying how to keep both."""
+    for name, key in SHARED_RUN_KEYS.items():
+        shared = shared_run(config, name)
+        if shared is None or name not in active_stages(config):
+            continue
+        folder = stage_dir(config, run_dir, name)
+        started = folder / "started.json"
+        if started.is_file() and read_json(started).get("fingerprint") != fingerprint(config, name):
+            raise ConfigError(
+                f"{folder} holds a {STAGES[name].title} made under other settings, shared by "
+                f"the experiments with {key}: {shared}; it is kept. Name another folder for "
+                f"these settings ({key}={shared}-2, say) or remove that one"
+            )
+
+
+def active_stages(config: ExperimentConfig) -> list[str]:
+    """The stages this experiment runs: no source stage when a source checkpoint is given."""
+    return [n for n in STAGES if n != "source" or config.source.checkpoint is None]
 
 
 def done_record(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, Any] | None:
@@ -125,10 +161,13 @@ def run_stage(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, A
             raise RuntimeError(f"{stage.title} needs {STAGES[upstream].title} to finish first")
     folder = stage_dir(config, run_dir, name)
     folder.mkdir(parents=True, exist_ok=True)
-    with _locked(folder / ".lock", stage.title):
+    waiting = (f"[clup] {stage.title}: another clup process is running it in {folder}; "
+               "waiting for it")
+    with file_lock(folder / ".lock", waiting):
         record = done_record(config, run_dir, name)
         if record is not None:
             return record
+        check_shared_stages(config, run_dir)
         current = fingerprint(config, name)
         started = folder / "started.json"
         if started.is_file() and read_json(started).get("fingerprint") != current:
@@ -141,21 +180,6 @@ def run_stage(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, A
                   "result": result}
         write_json(folder / "done.json", record)
     return record
-
-
-@contextmanager
-def _locked(path: Path, title: str) -> Iterator[None]:
-    with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            print(f"[clup] {title}: another clup process is running it in {path.parent}; "
-                  "waiting for it", flush=True)
-            fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _clear_stage_folder(stage_dir: Path) -> None:

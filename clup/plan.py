@@ -28,15 +28,24 @@ SAMPLE_IMAGES = 3
 
 
 def datasets_used(config: ExperimentConfig) -> list[tuple[str, DatasetConfig]]:
-    """(key, dataset) of every dataset the run reads: the target, and the source if trained."""
+    """(key, dataset) of every dataset the run reads: the target, and the source data
+    unless a source model is given or already trained (perhaps by another experiment)."""
+    from clup.pipeline import done_record
+
     used = [("target", config.require_target())]
-    if config.source.checkpoint is None and config.source.data is not None:
-        used.append(("source.data", config.source.data))
+    source = config.source
+    if source.checkpoint is None and source.data is not None \
+            and done_record(config, config.run_dir, "source") is None:
+        used.append(("source.data", source.data))
     return used
 
 
 def check_inputs(config: ExperimentConfig) -> None:
-    """Stop at once when a dataset, checkpoint or weights file the run needs is missing."""
+    """Stop at once when a dataset, checkpoint or weights file the run needs is missing,
+    or when the run would have to overwrite a stage shared with other experiments."""
+    from clup.pipeline import check_shared_stages
+
+    check_shared_stages(config, config.run_dir)
     for key, dataset in datasets_used(config):
         check_exists(dataset, key)
     source = config.source
@@ -59,7 +68,7 @@ def check_cluster_count(config: ExperimentConfig, train_images: int) -> None:
 def describe_plan(config: ExperimentConfig, gpus: list[str], cpu_threads: int) -> str:
     """Read every input and say what `clup run` would do, without training."""
     from clup.driver import plan_devices
-    from clup.pipeline import STAGES, done_record, stage_dir
+    from clup.pipeline import STAGES, active_stages, done_record, stage_dir
 
     check_inputs(config)
     lines = [f"Experiment {config.name}: configuration valid",
@@ -68,8 +77,7 @@ def describe_plan(config: ExperimentConfig, gpus: list[str], cpu_threads: int) -
         lines += [f"    {key:<12} {line}" for line in _describe_data(dataset, key, config)]
     lines += [f"  source model   {_describe_source(config)}", "  stages"]
     env = plan_devices(gpus, cpu_threads)
-    names = [n for n in STAGES if n != "source" or config.source.checkpoint is None]
-    for name in names:
+    for name in active_stages(config):
         state = ("done, reused" if done_record(config, config.run_dir, name) is not None
                  else "will run")
         where = stage_dir(config, config.run_dir, name)
@@ -88,7 +96,7 @@ def _describe_data(dataset: DatasetConfig, key: str, config: ExperimentConfig) -
         return [where, f"  not rendered yet: the run renders {dataset.train_size} train and "
                 f"{dataset.test_size} test images"]
     if dataset.kind in RAW_DATASETS and manifest is not None and not manifest.is_file():
-        reader, root = raw_source(dataset, key)
+        reader, root = raw_source(dataset, f"{key}.path")
         faces = reader.read(root, split_seed=dataset.seed)
         images = {f.image for f in faces if f.image is not None}
         missing = sum(not p.is_file() for p in images)

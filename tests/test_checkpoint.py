@@ -131,3 +131,13 @@ def test_pretrained_files_that_are_no_weights_are_refused(tmp_path: Path) -> Non
     torch.save({"w": Path("/")}, tmp_path / "code.pth")  # not loadable with weights_only
     with pytest.raises(CheckpointError, match="cannot be read as weights"):
         load_pretrained(backbone, tmp_path / "code.pth")
+
+
+def test_a_clup_classifier_checkpoint_can_initialise_a_backbone(tmp_path: Path) -> None:
+    config = BackboneConfig(name="small_cnn", width=4)
+    source = _classifier(config)
+    save_classifier(tmp_path / "model.ckpt", source, CLASSES, config, PreprocessingConfig())
+    backbone = build_backbone(config)
+    assert load_pretrained(backbone, tmp_path / "model.ckpt") == ["head.bias", "head.weight"]
+    for mine, theirs in zip(backbone.parameters(), source.backbone.parameters(), strict=True):
+        assert torch.equal(mine, theirs)

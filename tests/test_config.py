@@ -132,3 +132,12 @@ def test_paper_setups_carry_the_reference_settings(name: str) -> None:
             source.optimizer.decay, source.preprocessing.image_size) == \
         (0.1, 0.01, "exponential", 0.99, 160)
     assert source.run_name == f"source-{name.split('-')[0]}"
+
+
+def test_an_error_in_a_base_file_names_the_files_merged(tmp_path: Path) -> None:
+    write_experiment(tmp_path / "base.yaml", {"swav": {"epochz": 3}})
+    experiment = tiny_experiment(tmp_path)
+    experiment["extends"] = "base.yaml"
+    path = write_experiment(tmp_path / "top.yaml", experiment)
+    with pytest.raises(ConfigError, match=r"top.yaml \(merged with .*base.yaml\): unknown key"):
+        load_experiment(path)

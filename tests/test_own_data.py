@@ -129,3 +129,19 @@ def test_experiments_naming_one_source_run_share_its_model(
     assert str(model) in capsys.readouterr().out
     assert main(["run", str(second), "--dry-run"]) == 0
     assert f"done, reused  CPU threads: 2  {model.parent}" in capsys.readouterr().out
+
+
+def test_a_shared_source_made_under_other_settings_is_kept_not_overwritten(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    experiment = tiny_experiment(tmp_path)
+    experiment["source"]["run_name"] = "shared-source"
+    first = write_experiment(tmp_path / "first.yaml", experiment)
+    assert main(["train-source", str(first)]) == 0
+    model = tmp_path / "runs" / "shared-source" / "source" / "model.ckpt"
+    before = model.read_bytes()
+    capsys.readouterr()
+    assert main(["run", str(first), "source.epochs=2"]) == 2
+    err = capsys.readouterr().err
+    assert "made under other settings" in err and "source.run_name=shared-source-2" in err
+    assert main(["train-source", str(first), "source.label_smoothing=0.2"]) == 2
+    assert model.read_bytes() == before

@@ -18,14 +18,19 @@ from clup.paths import PREPARED_ROOT_ENV, prepared_root, raw_dataset_root
 
 
 def raw_source(config: DatasetConfig, key: str) -> tuple[RawDataset, Path]:
-    """The reader and raw folder of a dataset in its owners' layout, checked to be there."""
+    """The reader and raw folder of a dataset in its owners' layout, checked to be there.
+
+    `key` names the setting the path came from (`target.path`), for messages.
+    """
     dataset = get_dataset(config.kind)
-    root, origin = raw_dataset_root(config.path, f"{key}.path")
+    root, origin = raw_dataset_root(config.path, key)
     try:
         dataset.check_layout(root)
     except MissingDataset as err:
-        raise MissingDataset(f"{err} ({key}.path is {config.path!r}; the data root comes from "
-                             f"{origin})") from None
+        if origin is None:
+            raise
+        raise MissingDataset(f"{err} ({key} is {config.path!r} under the data root, which "
+                             f"comes from {origin})") from None
     return dataset, root
 
 
@@ -35,7 +40,7 @@ def prepared_dir(config: DatasetConfig, key: str) -> Path:
     if base is None:
         raise ConfigError(f"{key}: no place for the prepared copy: set {PREPARED_ROOT_ENV} "
                           "or the data root")
-    split = f"-split{config.seed}" if config.kind == "expw" else ""
+    split = f"-split{config.seed}" if get_dataset(config.kind).seeded_split else ""
     return base / f"{config.kind}-{config.prepared_size}px{split}"
 
 
@@ -53,7 +58,7 @@ def manifest_of(config: DatasetConfig, key: str) -> Path | None:
 def check_exists(config: DatasetConfig, key: str) -> None:
     """Stop at once when a dataset's files are not where the experiment says."""
     if config.kind in RAW_DATASETS:
-        raw_source(config, key)
+        raw_source(config, f"{key}.path")
     elif config.kind in ("folders", "images") and not Path(config.path).is_dir():
         raise ManifestError(f"{key}.path: folder {config.path} does not exist")
     elif config.kind == "manifest" and not Path(config.path).is_file():
@@ -70,7 +75,7 @@ def prepare_dataset(config: DatasetConfig, key: str = "dataset", progress: bool 
     elif config.kind in RAW_DATASETS:
         from clup.data.prepare import prepare
 
-        dataset, root = raw_source(config, key)
+        dataset, root = raw_source(config, f"{key}.path")
         report = prepare(dataset, root, prepared_dir(config, key), size=config.prepared_size,
                          split_seed=config.seed, progress=progress)
         if not report.already_done:
@@ -98,6 +103,6 @@ def read_dataset(config: DatasetConfig, classes: list[str], key: str = "dataset"
 def describe_dataset(config: DatasetConfig, key: str) -> str:
     """Where a dataset is, for messages and the dry run."""
     if config.kind in RAW_DATASETS:
-        _, root = raw_source(config, key)
+        _, root = raw_source(config, f"{key}.path")
         return f"{get_dataset(config.kind).title} at {root}"
     return f"{config.kind} {config.path}"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from clup.data.raw.base import resolve_inside
+from clup.data.raw.base import resolve_inside, text_lines
 from clup.errors import ManifestError
 
 UNLABELLED = -1
@@ -49,26 +49,33 @@ def read_manifest(
     rows: dict[str, tuple[list[Path], list[int]]] = {s: ([], []) for s in SPLITS}
     missing: list[str] = []
     root = path.parent.resolve()
-    with path.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = reader.fieldnames or []
-        if "path" not in header:
-            raise ManifestError(f"{path}:1: header must be path,label[,split], got {header}")
-        for line, row in enumerate(reader, start=2):
-            where = f"{path}:{line}"
-            split = (row.get("split") or "train").strip()
-            if split not in SPLITS:
-                raise ManifestError(f"{where}: split must be one of {SPLITS}, got {split!r}")
-            image = resolve_inside(root, row["path"] or "", where)
-            if not image.is_file():
-                missing.append(f"{where}: {row['path']}")
-            paths, labels = rows[split]
-            paths.append(image)
-            labels.append(_parse_label(row.get("label"), class_ids, id_map, where))
+    for where, row in _rows(path):
+        split = (row.get("split") or "train").strip()
+        if split not in SPLITS:
+            raise ManifestError(f"{where}: split must be one of {SPLITS}, got {split!r}")
+        image = resolve_inside(root, row["path"] or "", where)
+        if not image.is_file():
+            missing.append(f"{where}: {row['path']}")
+        paths, labels = rows[split]
+        paths.append(image)
+        labels.append(_parse_label(row.get("label"), class_ids, id_map, where))
     if missing:
         shown = "; ".join(missing[:5]) + ("; ..." if len(missing) > 5 else "")
         raise ManifestError(f"{len(missing)} images listed in {path} do not exist: {shown}")
     return {s: ImageTable(p, np.asarray(lab, dtype=np.int64)) for s, (p, lab) in rows.items()}
+
+
+def _rows(path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    """`(file:line, row)` per data row; UTF-8 with or without a byte-order mark (Excel)."""
+    reader = csv.DictReader(text_lines(path))
+    try:
+        header = reader.fieldnames or []
+        if "path" not in header:
+            raise ManifestError(f"{path}:1: header must be path,label[,split], got {header}")
+        for row in reader:
+            yield f"{path}:{reader.line_num}", row
+    except csv.Error as err:
+        raise ManifestError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
 
 
 def map_class_ids(id_names: Sequence[str], classes: list[str], dataset: str

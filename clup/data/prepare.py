@@ -38,7 +38,8 @@ from tqdm import tqdm
 from clup.config import CANONICAL_CLASSES
 from clup.data.raw.base import Box, RawDataset, RawFace
 from clup.errors import ClupError, ManifestError
-from clup.io import atomic_path, read_json, write_json, write_text
+from clup.io import atomic_path, file_lock, read_json, write_json, write_text
+from clup.paths import PREPARED_ROOT_ENV
 
 FORMAT = "clup-prepared/1"
 MANIFEST = "manifest.csv"
@@ -90,7 +91,7 @@ def prepared_settings(dataset: RawDataset, root: Path, size: int, split_seed: in
         "format": FORMAT,
         "dataset": dataset.name,
         "size": size,
-        "split_seed": split_seed if dataset.name == "expw" else None,
+        "split_seed": split_seed if dataset.seeded_split else None,
         "lists": {p: _digest(root / p) for p in dataset.required if (root / p).is_file()},
     }
 
@@ -115,6 +116,22 @@ def prepare(
         raise ManifestError(f"the prepared image size must be at least 8 pixels, got {size}")
     dataset.check_layout(root)
     settings = prepared_settings(dataset, root, size, split_seed)
+    try:
+        with file_lock(out.parent / f".{out.name}.lock",
+                       f"[clup] {dataset.title}: another process is preparing {out}; waiting"):
+            return _prepare_locked(dataset, root, out, settings, size, split_seed, workers,
+                                   progress)
+    except OSError as err:
+        raise ClupError(
+            f"writing the prepared copy into {out} failed ({err}); images written so far are "
+            f"kept and a rerun continues from them. To prepare elsewhere, set "
+            f"{PREPARED_ROOT_ENV} (or prepared_root in the user config)"
+        ) from err
+
+
+def _prepare_locked(dataset: RawDataset, root: Path, out: Path, settings: dict[str, Any],
+                    size: int, split_seed: int, workers: int | None, progress: bool
+                    ) -> PrepareReport:
     if is_prepared(out, settings):
         record = read_json(out / RECORD)
         return PrepareReport(out, True, record["faces"], record["written"])
@@ -123,12 +140,8 @@ def prepare(
     if not faces:
         raise ManifestError(f"{dataset.title} in {root} lists no face")
     _remove_partial_files(out / IMAGES)
-    try:
-        outcomes = _process(faces, out / IMAGES, size, workers or os.cpu_count() or 1,
-                            progress, dataset.title)
-    except OSError as err:
-        raise ClupError(f"writing the prepared copy into {out} failed ({err}); the images "
-                        "written so far are kept and a rerun continues from them") from err
+    outcomes = _process(faces, out / IMAGES, size, workers or os.cpu_count() or 1,
+                        progress, dataset.title)
     return _finish(out, settings, faces, outcomes)
 
 
@@ -138,11 +151,12 @@ def _claim(out: Path, settings: dict[str, Any]) -> None:
         if marker.is_file() and read_json(marker).get("settings") != settings:
             raise ManifestError(
                 f"{out} holds a copy prepared with other settings "
-                f"({read_json(marker).get('settings')}); remove it or choose another --out"
+                f"({read_json(marker).get('settings')}); remove it, or prepare into another "
+                f"folder (--out, or {PREPARED_ROOT_ENV})"
             )
     if out.is_dir() and any(out.iterdir()) and not (out / STARTED).is_file():
-        raise ManifestError(f"{out} is not empty and was not made by clup prepare; "
-                            "choose another --out")
+        raise ManifestError(f"{out} is not empty and was not made by clup prepare; prepare "
+                            f"into another folder (--out, or {PREPARED_ROOT_ENV})")
     write_json(out / STARTED, {"settings": settings})
 
 
@@ -190,7 +204,7 @@ def prepare_chunk(faces: Sequence[RawFace], images: Path, size: int) -> list[str
 def prepare_face(face: RawFace, images: Path, size: int) -> str:
     target = images / f"{face.key}{SUFFIX}"
     if face.pixels is not None:
-        if not target.is_file():
+        if not _written(target):
             _save(_fer_image(face.pixels), target, size)
         return OK
     assert face.image is not None
@@ -200,7 +214,7 @@ def prepare_face(face: RawFace, images: Path, size: int) -> str:
     try:
         with Image.open(face.image) as image:
             box, outcome = _check_box(face.box, image.size)
-            if box is None or target.is_file():
+            if box is None or _written(target):
                 return outcome
             image.load()
             crop = image.crop(box)
@@ -208,6 +222,11 @@ def prepare_face(face: RawFace, images: Path, size: int) -> str:
         return "unreadable image"
     _save(crop, target, size)
     return outcome
+
+
+def _written(target: Path) -> bool:
+    """An image from an earlier run; an empty file (renamed but lost in a power cut) is not."""
+    return target.is_file() and target.stat().st_size > 0
 
 
 def _fer_image(pixels: str) -> Image.Image:

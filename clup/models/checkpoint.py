@@ -135,12 +135,14 @@ HEAD_PREFIXES = ("fc.", "head.", "classifier.")
 
 
 def load_pretrained(backbone: Backbone, path: str | Path, prefix: str = "") -> list[str]:
-    """Initialise `backbone` from a state-dict file; return the head keys it ignored.
+    """Initialise `backbone` from a state-dict file; return the keys it ignored.
 
     The file is read with `weights_only=True`. It may be a plain state dict (a
     torchvision ResNet-18's) or a dict holding one under `state_dict` (Lightning,
-    clup); a key prefix such as `module.` is detected or taken from `prefix`.
-    Anything else that does not match the backbone stops with the keys at fault.
+    clup); a key prefix such as `module.` or `backbone.body.` is detected or taken
+    from `prefix`. Ignored: a classifier head (`fc.*`), and when a prefix is
+    stripped, every key outside it (another head, a projector). Anything else that
+    does not match the backbone stops with the keys at fault.
     """
     state = _read_state_dict(Path(path))
     expected = backbone.body.state_dict()
@@ -148,7 +150,8 @@ def load_pretrained(backbone: Backbone, path: str | Path, prefix: str = "") -> l
     given = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
     ignored = sorted(k for k in given if k not in expected and k.startswith(HEAD_PREFIXES))
     unexpected = sorted(set(given) - set(expected) - set(ignored))
-    unexpected += sorted(k for k in state if not k.startswith(prefix))
+    if prefix:
+        ignored += sorted(k for k in state if not k.startswith(prefix))
     missing = sorted(set(expected) - set(given))
     mismatched = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
                   for k, v in expected.items() if k in given and given[k].shape != v.shape]

@@ -150,7 +150,9 @@ def resolve_precision(precision: str, accelerator: str) -> str:
     if precision != "auto":
         return precision
     gpu = accelerator != "cpu" and torch.cuda.is_available()
-    return "bf16-mixed" if gpu and torch.cuda.is_bf16_supported() else "32-true"
+    # Emulated bf16 (pre-Ampere GPUs) is slower than 32-bit: only native support counts.
+    native = gpu and torch.cuda.is_bf16_supported(including_emulation=False)
+    return "bf16-mixed" if native else "32-true"
 
 
 def make_trainer(

@@ -11,6 +11,7 @@ from clup.config import ExperimentConfig, OptimizerConfig
 from clup.data.datamodule import DomainDataModule
 from clup.mixup import mixup_batch, mixup_cross_entropy
 from clup.models.checkpoint import Classifier, load_backbone
+from clup.pipeline import stage_dir
 from clup.stages.common import ClassifierModule, fit_and_evaluate
 
 
@@ -34,7 +35,8 @@ class PseudoLabelFinetuner(ClassifierModule):
 
 def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     """Fine-tune into `stage3/model.ckpt` and write `stage3/metrics.json`."""
-    backbone = load_backbone(run_dir / "stage2" / "backbone.ckpt", config.backbone)
+    backbone = load_backbone(stage_dir(config, run_dir, "stage2") / "backbone.ckpt",
+                             config.backbone)
     model = Classifier(backbone, len(config.classes))
     module = PseudoLabelFinetuner(model, config.classes, config.finetune.optimizer,
                                   config.finetune.mixup_alpha, config.seed)

@@ -22,6 +22,7 @@ from clup.data.datamodule import DomainDataModule
 from clup.io import write_json
 from clup.models.backbones import Backbone, build_backbone
 from clup.models.checkpoint import save_backbone
+from clup.pipeline import stage_dir
 from clup.stages.common import (
     configure_optimizer,
     finish_loggers,
@@ -95,18 +96,17 @@ class SwAVPretrainer(L.LightningModule):
 
 def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     """Pretrain (resuming from the last epoch) and write `stage2/backbone.ckpt`."""
-    stage_dir = run_dir / "stage2"
+    folder = stage_dir(config, run_dir, "stage2")
     datamodule = DomainDataModule(
         config.require_target(), config.classes, config.preprocessing,
         batch_size=config.swav.batch_size, num_workers=config.runtime.num_workers,
         train_views="multicrop", swav=config.swav,
     )
     module = SwAVPretrainer(build_backbone(config.backbone), config.swav)
-    trainer = fit_stage(config, stage_dir, "stage2", module, datamodule, config.swav.epochs)
-    save_backbone(stage_dir / "backbone.ckpt", module.backbone, config.backbone)
+    trainer = fit_stage(config, folder, "stage2", module, datamodule, config.swav.epochs)
+    save_backbone(folder / "backbone.ckpt", module.backbone, config.backbone)
     final_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
-    write_json(stage_dir / "metrics.json", {"final_loss": final_loss,
-                                            "epochs": config.swav.epochs})
+    write_json(folder / "metrics.json", {"final_loss": final_loss, "epochs": config.swav.epochs})
     finish_loggers(trainer)
-    remove_checkpoints(stage_dir)
+    remove_checkpoints(folder)
     return {"final_loss": final_loss}

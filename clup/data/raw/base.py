@@ -63,6 +63,8 @@ class RawDataset(ABC):
     """Where the dataset is obtained, for error messages."""
     required: tuple[str, ...]
     """Paths relative to the root that must exist."""
+    seeded_split: bool = False
+    """Whether clup draws the train/test split (from a seed) because the dataset has none."""
 
     def check_layout(self, root: Path) -> None:
         """Stop with a message saying what was expected when the root is incomplete."""

@@ -35,6 +35,7 @@ class ExpW(RawDataset):
     obtain = ("request it from its authors, "
               "http://mmlab.ie.cuhk.edu.hk/projects/socialrelation/index.html")
     required = (LIST, IMAGES)
+    seeded_split = True
 
     def read(self, root: Path, *, split_seed: int = 0) -> list[RawFace]:
         self.check_layout(root)
