@@ -251,6 +251,11 @@ class FinetuneConfig:
             raise ConfigError(f"{key}.mixup_alpha must be >= 0, got {self.mixup_alpha}")
 
 
+PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true",
+              "32", "16", "bf16", "64")
+"""`auto` and Lightning's precision names."""
+
+
 @dataclass
 class RuntimeConfig:
     """Hardware and process settings shared by every stage.
@@ -265,6 +270,9 @@ class RuntimeConfig:
     threads: int | None = None
 
     def validate(self, key: str) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"{key}.precision must be one of {list(PRECISIONS)}, "
+                              f"got {self.precision!r}")
         if self.num_workers < 0:
             raise ConfigError(f"{key}.num_workers must be >= 0")
         if self.threads is not None:

@@ -194,6 +194,7 @@ def collect_results(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         "source_on_source": _source_accuracy(config, run_dir),
         "source_on_target": read_json(run_dir / "stage1" / "source_on_target.json")["accuracy"],
         "clup_on_target": read_json(run_dir / "stage3" / "metrics.json")["accuracy"],
+        "evaluation_note": read_json(run_dir / "stage3" / "metrics.json").get("note"),
         "pseudo_label_accuracy": stage1.get("pseudo_label_accuracy"),
         "selected_accuracy": stage1.get("selected_accuracy"),
         "num_selected": stage1["num_selected"],
@@ -233,6 +234,8 @@ def format_results(results: dict[str, Any]) -> str:
         f"  (n={results['num_target_train']})",
         f"  pseudo-labels, selected        {pct(results['selected_accuracy'])}"
         f"  (n={results['num_selected']})",
+        *([f"  (no target accuracy: {results['evaluation_note']})"]
+          if results.get("evaluation_note") else []),
         "  stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
         "  (stage1 and stage2 ran at the same time)",
     ]

@@ -58,7 +58,8 @@ def test_unlabelled_target_with_own_classes_adapts_end_to_end(
     assert "source model on target test       n/a" in out
     assert "CluP on target test               n/a" in out
     metrics = json.loads((run_dir / "stage3" / "metrics.json").read_text())
-    assert metrics == {"accuracy": None, "note": "the test split is empty"}
+    assert metrics == {"accuracy": None, "note": "no labels to evaluate: the test split is empty"}
+    assert "(no target accuracy: no labels to evaluate" in out
     rows = list(csv.DictReader((run_dir / "stage1" / "pseudo_labels.csv").open()))
     assert len(rows) == 60 and "true_label" not in rows[0]
     assert {int(r["pseudo_label"]) for r in rows} <= {0, 1, 2}

@@ -235,9 +235,10 @@ def evaluate(trainer: L.Trainer, module: ClassifierModule, datamodule: DomainDat
     """Test-split metrics, or a note saying why there are none."""
     table = datamodule.test_table
     if not len(table):
-        return {"accuracy": None, "note": "the test split is empty"}
+        return {"accuracy": None, "note": "no labels to evaluate: the test split is empty"}
     if not table.has_labels:
-        return {"accuracy": None, "note": "the test split has no labels"}
+        return {"accuracy": None,
+                "note": "no labels to evaluate: some test images have no label"}
     trainer.test(module, datamodule=datamodule, verbose=False)
     return module.test_metrics
 
