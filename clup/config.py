@@ -159,8 +159,16 @@ class SourceConfig:
 
 @dataclass
 class ClusterLabelerConfig:
-    """Stage 1: K-means on source embeddings, cluster-level pseudo-labels."""
+    """Stage 1: K-means on source embeddings, cluster-level pseudo-labels.
 
+    `labels` and `score` are the ablation switches of the paper's contrast: CluP
+    labels each sample by its cluster's majority and ranks it by the cluster's
+    purity; instance-level pseudo-labelling (`labels: instance`, `score:
+    confidence`) uses each sample's own prediction and softmax confidence.
+    """
+
+    labels: Literal["cluster", "instance"] = "cluster"
+    score: Literal["purity", "confidence"] = "purity"
     num_clusters: int = 250
     selection_ratio: float = 0.1
     purity_threshold: float | None = None
@@ -235,8 +243,13 @@ class SwAVConfig:
 
 @dataclass
 class FinetuneConfig:
-    """Stage 3: a new head on the SwAV backbone, trained on selected pseudo-labels."""
+    """Stage 3: a new head on a backbone, trained on the selected pseudo-labels.
 
+    `init`: the backbone stage 3 starts from: `swav` (CluP, stage 2's), `source` (the
+    source model's backbone and input size, an ablation without stage 2) or `scratch`.
+    """
+
+    init: Literal["swav", "source", "scratch"] = "swav"
     epochs: int = 50
     batch_size: int = 32
     mixup_alpha: float = 0.2

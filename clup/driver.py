@@ -21,7 +21,7 @@ from clup.config import ExperimentConfig, dump_yaml
 from clup.data.datasets import prepare_dataset, read_dataset
 from clup.errors import StageFailed
 from clup.io import read_json, write_json, write_text
-from clup.pipeline import LOG_NAME, STAGES, done_record, stage_dir
+from clup.pipeline import LOG_NAME, STAGES, active_stages, done_record, stage_dir
 from clup.plan import check_cluster_count, check_inputs, datasets_used
 
 STATUS_EVERY_S = 20.0
@@ -79,7 +79,8 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     env = plan_devices(visible_gpus(config), cpu_threads(config))
     if config.source.checkpoint is None:
         _run_in_sequence(config, run_dir, "source", env["source"])
-    _run_concurrently(config, run_dir, ["stage1", "stage2"], env)
+    _run_concurrently(config, run_dir, [n for n in ("stage1", "stage2")
+                                        if n in active_stages(config)], env)
     _run_in_sequence(config, run_dir, "stage3", env["stage3"])
     results = collect_results(config, run_dir)
     write_json(run_dir / "results.json", results)

@@ -66,7 +66,11 @@ def _stage2_settings(c: ExperimentConfig) -> dict[str, Any]:
 
 
 def _stage3_settings(c: ExperimentConfig) -> dict[str, Any]:
-    return {"finetune": config_to_dict(c.finetune), "seed": c.seed}
+    settings: dict[str, Any] = {"finetune": config_to_dict(c.finetune), "seed": c.seed}
+    if c.finetune.init == "scratch":
+        settings.update(backbone=config_to_dict(c.backbone),
+                        preprocessing=config_to_dict(c.preprocessing))
+    return settings
 
 
 STAGES: dict[str, Stage] = {
@@ -85,8 +89,9 @@ STAGES: dict[str, Stage] = {
 
 
 def active_upstream(config: ExperimentConfig, stage: Stage) -> tuple[str, ...]:
-    """Upstream stages that this experiment runs (no source stage when one is given)."""
-    return tuple(u for u in stage.upstream if u != "source" or config.source.checkpoint is None)
+    """Upstream stages that this experiment runs."""
+    active = active_stages(config)
+    return tuple(u for u in stage.upstream if u in active)
 
 
 def fingerprint(config: ExperimentConfig, name: str) -> str:
@@ -136,8 +141,11 @@ def check_shared_stages(config: ExperimentConfig, run_dir: Path) -> None:
 
 
 def active_stages(config: ExperimentConfig) -> list[str]:
-    """The stages this experiment runs: no source stage when a source checkpoint is given."""
-    return [n for n in STAGES if n != "source" or config.source.checkpoint is None]
+    """The stages this experiment runs: no source stage when a source checkpoint is given,
+    no SwAV when stage 3 starts from another backbone."""
+    skipped = {"source": config.source.checkpoint is not None,
+               "stage2": config.finetune.init != "swav"}
+    return [n for n in STAGES if not skipped.get(n, False)]
 
 
 def done_record(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, Any] | None:

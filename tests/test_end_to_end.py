@@ -21,6 +21,7 @@ from tests.conftest import tiny_experiment, write_experiment
 ARTIFACTS = [
     "config.yaml", "results.json", "source/model.ckpt", "source/metrics.json",
     "stage1/pseudo_labels.csv", "stage1/summary.json", "stage1/source_on_target.json",
+    "stage1/pseudo_labels.png",
     "stage2/backbone.ckpt", "stage3/model.ckpt", "stage3/metrics.json",
 ]
 
@@ -46,6 +47,10 @@ def test_run_writes_every_artifact_and_reuses_finished_stages(tmp_path: Path) ->
     summary = json.loads((run_dir / "stage1/summary.json").read_text())
     assert summary["num_selected"] == sum(r["selected"] == "1" for r in rows)
     assert 0 <= summary["selected_accuracy"] <= 1
+    for key in ("auc_purity", "auc_confidence"):
+        assert summary[key] is None or 0 <= summary[key] <= 1
+    curve = summary["diagnostics"]["cluster label, purity"]["curve"]
+    assert [p["ratio"] for p in curve][-1] == 1.0 and curve[-1]["selected"] == 84
 
     metrics = json.loads((run_dir / "stage3/metrics.json").read_text())
     assert sum(map(sum, metrics["confusion_matrix"])) == 35
@@ -155,3 +160,23 @@ def _wait_for_no_stage_processes(tmp_path: Path, timeout: float = 60) -> None:
             return
         time.sleep(0.2)
     raise AssertionError("stage processes outlived the killed driver")
+
+
+def test_instance_labels_and_a_source_initialised_stage3_skip_swav(tmp_path: Path) -> None:
+    experiment = tiny_experiment(tmp_path)
+    experiment["cluster_labeler"].update(labels="instance", score="confidence")
+    experiment["finetune"]["init"] = "source"
+    result = clup("run", str(write_experiment(tmp_path / "tiny.yaml", experiment)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = tmp_path / "runs/tiny"
+    assert not (run_dir / "stage2").exists()
+    rows = list(csv.DictReader((run_dir / "stage1/pseudo_labels.csv").open()))
+    assert all(r["pseudo_label"] == r["source_pred"] for r in rows)
+    for label in {r["pseudo_label"] for r in rows}:
+        members = [r for r in rows if r["pseudo_label"] == label]
+        kept = [float(r["source_conf"]) for r in members if r["selected"] == "1"]
+        dropped = [float(r["source_conf"]) for r in members if r["selected"] == "0"]
+        assert len(kept) == len(members) // 2
+        assert not kept or not dropped or min(kept) >= max(dropped)
+    adapted = load_classifier(run_dir / "stage3/model.ckpt")
+    assert adapted.backbone == load_classifier(run_dir / "source/model.ckpt").backbone

@@ -16,11 +16,13 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.loggers import WandbLogger
 from sklearn.cluster import KMeans
 
 from clup.config import ClusterLabelerConfig, ExperimentConfig, OptimizerConfig
 from clup.data.datamodule import DomainDataModule
 from clup.data.manifest import ImageTable
+from clup.diagnostics import plot_diagnostics, pseudo_label_diagnostics
 from clup.errors import ConfigError
 from clup.io import write_json, write_text
 from clup.models.checkpoint import Classifier, load_classifier
@@ -44,8 +46,9 @@ class PseudoLabels:
     cluster: np.ndarray
     source_pred: np.ndarray
     source_conf: np.ndarray
-    pseudo_label: np.ndarray
+    cluster_label: np.ndarray
     purity: np.ndarray
+    pseudo_label: np.ndarray
     selected: np.ndarray
     inertia: float
 
@@ -80,15 +83,18 @@ class ClusterLabeler(L.LightningModule):
                         max_iter=config.kmeans_max_iter, random_state=self.seed)
         clusters = kmeans.fit_predict(features).astype(np.int64)
         votes = cluster_purity(clusters, predictions, config.num_clusters, num_classes)
-        pseudo, purity = assign_pseudo_labels(clusters, votes)
+        cluster_label, purity = assign_pseudo_labels(clusters, votes)
+        confidence = probs.max(axis=1)
+        pseudo = cluster_label if config.labels == "cluster" else predictions
+        scores = purity if config.score == "purity" else confidence
         eligible = agreeing_members(predictions, pseudo) if config.drop_disagreeing else None
         if config.purity_threshold is None:
-            selected = select_top_ratio(pseudo, purity, config.selection_ratio, num_classes,
+            selected = select_top_ratio(pseudo, scores, config.selection_ratio, num_classes,
                                         eligible)
         else:
-            selected = select_by_threshold(purity, config.purity_threshold, eligible)
-        return PseudoLabels(clusters, predictions, probs.max(axis=1), pseudo, purity, selected,
-                            float(kmeans.inertia_))
+            selected = select_by_threshold(scores, config.purity_threshold, eligible)
+        return PseudoLabels(clusters, predictions, confidence, cluster_label, purity, pseudo,
+                            selected, float(kmeans.inertia_))
 
 
 def pseudo_label_csv(table: ImageTable, labels: PseudoLabels) -> str:
@@ -137,20 +143,42 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
                    kmeans_inertia=labels.inertia,
                    empty_clusters=int(config.cluster_labeler.num_clusters
                                       - len(np.unique(labels.cluster))))
+    if table.has_labels:
+        summary.update(_diagnose(labels, table.labels, len(config.classes), stage_dir))
     write_json(stage_dir / "summary.json", summary)
 
     source_eval = ClassifierModule(source.model, config.classes, OptimizerConfig())
     source_on_target = evaluate(trainer, source_eval, datamodule)
     write_json(stage_dir / "source_on_target.json", source_on_target)
+    plot = stage_dir / "pseudo_labels.png"
     for logger in trainer.loggers:
         logger.log_metrics({f"stage1/{k}": v for k, v in summary.items()
                             if isinstance(v, int | float)})
+        if isinstance(logger, WandbLogger) and plot.is_file():
+            logger.log_image(key="stage1/pseudo_labels", images=[str(plot)])
     finish_loggers(trainer)
     return {
         "pseudo_label_accuracy": summary.get("pseudo_label_accuracy"),
         "selected_accuracy": summary.get("selected_accuracy"),
         "num_selected": summary["num_selected"],
         "source_on_target_accuracy": source_on_target["accuracy"],
+    }
+
+
+def _diagnose(labels: PseudoLabels, truth: np.ndarray, num_classes: int, stage_dir: Path
+              ) -> dict[str, Any]:
+    """Purity vs confidence as rankings of correct pseudo-labels; writes `pseudo_labels.png`."""
+    diagnostics = pseudo_label_diagnostics(
+        {"cluster label, purity": (labels.cluster_label, labels.purity),
+         "instance label, confidence": (labels.source_pred, labels.source_conf)},
+        truth, num_classes,
+    )
+    plot_diagnostics(diagnostics, stage_dir / "pseudo_labels.png",
+                     "Stage 1 pseudo-labels on the target train split")
+    return {
+        "auc_purity": diagnostics["cluster label, purity"]["auc"],
+        "auc_confidence": diagnostics["instance label, confidence"]["auc"],
+        "diagnostics": diagnostics,
     }
 
 

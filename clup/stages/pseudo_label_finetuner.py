@@ -1,4 +1,6 @@
-"""Stage 3: the SwAV backbone and a new head, trained on the selected pseudo-labels with mixup."""
+"""Stage 3: the SwAV backbone and a new head, trained on the selected pseudo-labels with mixup.
+
+The backbone may come from elsewhere for ablations (`finetune.init`)."""
 
 from __future__ import annotations
 
@@ -7,11 +9,13 @@ from typing import Any
 
 import torch
 
-from clup.config import ExperimentConfig, OptimizerConfig
+from clup.config import BackboneConfig, ExperimentConfig, OptimizerConfig, PreprocessingConfig
 from clup.data.datamodule import DomainDataModule
 from clup.mixup import mixup_batch, mixup_cross_entropy
-from clup.models.checkpoint import Classifier, load_backbone
+from clup.models.backbones import Backbone, build_backbone
+from clup.models.checkpoint import Classifier, load_backbone, load_classifier
 from clup.pipeline import stage_dir
+from clup.stages.cluster_labeler import source_checkpoint
 from clup.stages.common import ClassifierModule, fit_and_evaluate
 
 
@@ -33,19 +37,30 @@ class PseudoLabelFinetuner(ClassifierModule):
         return loss
 
 
+def initial_backbone(config: ExperimentConfig, run_dir: Path
+                     ) -> tuple[Backbone, BackboneConfig, PreprocessingConfig]:
+    """The backbone stage 3 starts from, with its architecture and input settings."""
+    if config.finetune.init == "swav":
+        path = stage_dir(config, run_dir, "stage2") / "backbone.ckpt"
+        return load_backbone(path, config.backbone), config.backbone, config.preprocessing
+    if config.finetune.init == "source":
+        source = load_classifier(source_checkpoint(config, run_dir))
+        return source.model.backbone, source.backbone, source.preprocessing
+    return build_backbone(config.backbone), config.backbone, config.preprocessing
+
+
 def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     """Fine-tune into `stage3/model.ckpt` and write `stage3/metrics.json`."""
-    backbone = load_backbone(stage_dir(config, run_dir, "stage2") / "backbone.ckpt",
-                             config.backbone)
+    backbone, backbone_config, preprocessing = initial_backbone(config, run_dir)
     model = Classifier(backbone, len(config.classes))
     module = PseudoLabelFinetuner(model, config.classes, config.finetune.optimizer,
                                   config.finetune.mixup_alpha, config.seed)
     datamodule = DomainDataModule(
-        config.require_target(), config.classes, config.preprocessing,
+        config.require_target(), config.classes, preprocessing,
         batch_size=config.finetune.batch_size, num_workers=config.runtime.num_workers,
         train_views="pseudo_labels", pseudo_labels=run_dir / "stage1" / "pseudo_labels.csv",
         color_jitter=config.finetune.color_jitter,
     )
     metrics = fit_and_evaluate(config, run_dir / "stage3", "stage3", module, datamodule,
-                               config.finetune.epochs, config.backbone)
+                               config.finetune.epochs, backbone_config)
     return {"target_test_accuracy": metrics["accuracy"]}

@@ -1,0 +1,83 @@
+"""How good are pseudo-labels, and does the score rank the right ones first?
+
+The paper's mechanism: a cluster's purity should separate correct from wrong
+pseudo-labels better than a sample's own confidence. With target labels
+available (for diagnosis only; no method reads them), stage 1 measures both
+rankings on the same source model: the ROC AUC of each score for "this
+pseudo-label is correct", and the accuracy of the kept subset as the selection
+ratio grows, with the per-class selection the method itself uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sklearn.metrics import roc_auc_score
+
+from clup.pseudo_labels import select_top_ratio
+
+CURVE_RATIOS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+
+
+def ranking_auc(scores: np.ndarray, correct: np.ndarray) -> float | None:
+    """ROC AUC of `scores` for `correct`; None when all labels are right or all wrong."""
+    correct = np.asarray(correct, dtype=bool)
+    if correct.all() or not correct.any():
+        return None
+    return float(roc_auc_score(correct, np.asarray(scores, dtype=np.float64)))
+
+
+def selection_curve(pseudo_labels: np.ndarray, scores: np.ndarray, true_labels: np.ndarray,
+                    num_classes: int, ratios: Sequence[float] = CURVE_RATIOS
+                    ) -> list[dict[str, Any]]:
+    """Accuracy of the selected pseudo-labels at each per-class selection ratio."""
+    curve = []
+    for ratio in ratios:
+        selected = select_top_ratio(pseudo_labels, scores, ratio, num_classes)
+        count = int(selected.sum())
+        accuracy = float((pseudo_labels[selected] == true_labels[selected]).mean()) \
+            if count else None
+        curve.append({"ratio": ratio, "selected": count, "accuracy": accuracy})
+    return curve
+
+
+def pseudo_label_diagnostics(labelings: dict[str, tuple[np.ndarray, np.ndarray]],
+                             true_labels: np.ndarray, num_classes: int) -> dict[str, Any]:
+    """Per labeling (name -> (pseudo-labels, scores)): accuracy, score AUC, selection curve."""
+    result = {}
+    for name, (pseudo, scores) in labelings.items():
+        correct = pseudo == true_labels
+        result[name] = {
+            "accuracy": float(correct.mean()),
+            "auc": ranking_auc(scores, correct),
+            "curve": selection_curve(pseudo, scores, true_labels, num_classes),
+        }
+    return result
+
+
+def plot_diagnostics(diagnostics: dict[str, Any], path: Path, title: str) -> None:
+    """Selected pseudo-label accuracy against the number kept, one line per labeling."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from clup.io import atomic_path
+
+    figure, axis = plt.subplots(figsize=(6, 4), dpi=120)
+    for name, entry in diagnostics.items():
+        points = [(p["selected"], p["accuracy"]) for p in entry["curve"] if p["accuracy"]]
+        auc = "n/a" if entry["auc"] is None else f"{entry['auc']:.3f}"
+        axis.plot(*zip(*points, strict=True), marker="o", label=f"{name} (AUC {auc})")
+    axis.set_xlabel("pseudo-labelled samples kept (per-class top ratio)")
+    axis.set_ylabel("accuracy of the kept pseudo-labels")
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png")
+    plt.close(figure)
