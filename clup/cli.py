@@ -12,7 +12,7 @@ from clup.data.raw import get_dataset
 from clup.errors import ClupError
 from clup.io import write_text
 
-STAGE_NAMES = ("source", "stage1", "stage2", "stage3")
+STAGE_NAMES = ("source", "stage1", "stage2", "stage3", "adapt")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,6 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="processes (default: every core)")
 
     commands.add_parser("paths", help="show the data root and prepared root in use")
+
+    benchmark = commands.add_parser(
+        "benchmark", help="run a grid of methods x setups x seeds and tabulate target accuracy"
+    )
+    benchmark.add_argument("grid", type=Path, help="grid YAML (see clup/benchmark.py)")
 
     source = commands.add_parser("train-source", help="train only the source model")
     source.add_argument("experiment", type=Path, help="experiment YAML")
@@ -86,6 +91,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "prepare":
         return _prepare(args)
+    if args.command == "benchmark":
+        from clup.benchmark import run_benchmark
+
+        run_benchmark(args.grid)
+        return 0
     if args.command == "paths":
         from clup.paths import describe
 

@@ -127,6 +127,8 @@ class SourceConfig:
     `run_name`: the run folder (under `output_root`) the source model is trained in;
     experiments naming the same one share one model (AFE->ExpW and AFE->FER2013
     train the AFE model once). Default: the experiment's own folder.
+    `head`: `linear`, or SHOT's shape (a 256-d bottleneck with BatchNorm, then a
+    weight-normalised linear classifier), which SHOT, NRC and AaD adapt.
     `pretrained`: a file of backbone weights to start from (a torchvision ResNet-18
     state dict, or one whose keys carry a prefix such as `module.` or `backbone.`,
     stripped automatically or as given in `pretrained_prefix`).
@@ -137,6 +139,7 @@ class SourceConfig:
     run_name: str | None = None
     pretrained: str | None = None
     pretrained_prefix: str = ""
+    head: Literal["linear", "shot"] = "linear"
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     preprocessing: PreprocessingConfig = field(default_factory=PreprocessingConfig)
     epochs: int = 100
@@ -270,6 +273,41 @@ PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true
 
 
 @dataclass
+class SFDAConfig:
+    """The source-free baselines of baselines.md (`method: shot | nrc | aad | tent`).
+
+    Shared: SGD with momentum and Nesterov, SHOT's decay `lr * (1 + 10 p)^-0.75`, the
+    backbone at `backbone_lr_scale` of the rate. `beta`: SHOT's pseudo-label weight;
+    `k`, `kk`: NRC's and AaD's neighbours; `alpha0`, `alpha_decay`: AaD's dispersion
+    weight `alpha0 (1 + 10 p)^-alpha_decay`; `tent_lr`: Tent's Adam rate.
+    """
+
+    epochs: int = 15
+    batch_size: int = 64
+    lr: float = 0.01
+    backbone_lr_scale: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 1e-3
+    beta: float = 0.3
+    k: int = 5
+    kk: int = 5
+    alpha0: float = 1.0
+    alpha_decay: float = 5.0
+    tent_lr: float = 1e-3
+
+    def validate(self, key: str) -> None:
+        for name in ("epochs", "batch_size", "lr", "k", "kk", "tent_lr"):
+            _positive(getattr(self, name), f"{key}.{name}")
+        for name in ("backbone_lr_scale", "weight_decay", "beta", "alpha0", "alpha_decay"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{key}.{name} must be >= 0, got {getattr(self, name)}")
+
+
+METHODS = ("clup", "source_only", "shot", "nrc", "aad", "tent")
+SFDA_METHODS = ("shot", "nrc", "aad", "tent")
+
+
+@dataclass
 class RuntimeConfig:
     """Hardware and process settings shared by every stage.
 
@@ -299,15 +337,23 @@ class WandbConfig:
     project: str = "clup"
     entity: str | None = None
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
+    group: str | None = None
+    """W&B run group; default the experiment's name (a benchmark groups by setup)."""
 
 
 @dataclass
 class ExperimentConfig:
-    """One experiment: a source model, a target domain and the three CluP stages."""
+    """One experiment: a source model, a target domain and a method adapting one to the other.
+
+    `method: clup` runs the three CluP stages (instance-level pseudo-labelling is CluP with
+    `cluster_labeler.labels: instance` and `score: confidence`); `source_only` evaluates the
+    source model; `shot`, `nrc`, `aad` and `tent` are the baselines of baselines.md.
+    """
 
     name: str
     source: SourceConfig
     target: DatasetConfig | None = None
+    method: Literal["clup", "source_only", "shot", "nrc", "aad", "tent"] = "clup"
     seed: int = 0
     classes: list[str] = field(default_factory=lambda: list(CANONICAL_CLASSES))
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
@@ -315,6 +361,7 @@ class ExperimentConfig:
     cluster_labeler: ClusterLabelerConfig = field(default_factory=ClusterLabelerConfig)
     swav: SwAVConfig = field(default_factory=SwAVConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    sfda: SFDAConfig = field(default_factory=SFDAConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
     output_root: str = "lightning_logs"
@@ -324,6 +371,10 @@ class ExperimentConfig:
         names = [c.strip().lower() for c in self.classes]
         if len(names) < 2 or len(set(names)) != len(names) or not all(names):
             raise ConfigError(f"classes must list at least 2 distinct names, got {self.classes}")
+        if self.method in ("shot", "nrc", "aad") and self.source.checkpoint is None \
+                and self.source.head != "shot":
+            raise ConfigError(f"method {self.method} adapts SHOT's network shape: set "
+                              "source.head: shot (a bottleneck and a weight-normalised classifier)")
         k = self.cluster_labeler.num_clusters
         if k < len(self.classes):
             raise ConfigError(

@@ -21,14 +21,22 @@ from clup.config import ExperimentConfig, dump_yaml
 from clup.data.datasets import prepare_dataset, read_dataset
 from clup.errors import StageFailed
 from clup.io import read_json, write_json, write_text
-from clup.pipeline import LOG_NAME, STAGES, active_stages, done_record, stage_dir
+from clup.pipeline import (
+    CONCURRENT,
+    LOG_NAME,
+    STAGES,
+    active_stages,
+    done_record,
+    stage_dir,
+)
 from clup.plan import check_cluster_count, check_inputs, datasets_used
 
 STATUS_EVERY_S = 20.0
 
 
 def plan_devices(gpus: list[str], cpu_threads: int) -> dict[str, dict[str, str]]:
-    """Environment per stage: stage 1 takes the first GPU, stage 2 the others, stage 3 all.
+    """Environment per stage: stage 1 takes the first GPU, stage 2 (or a baseline's
+    adaptation) the others, stage 3 all.
 
     With one GPU the concurrent stages share it; without GPUs they split the CPU threads.
     """
@@ -40,6 +48,7 @@ def plan_devices(gpus: list[str], cpu_threads: int) -> dict[str, dict[str, str]]
             "source": {**hidden, "CLUP_THREADS": all_threads},
             "stage1": {**hidden, "CLUP_THREADS": threads},
             "stage2": {**hidden, "CLUP_THREADS": threads},
+            "adapt": {**hidden, "CLUP_THREADS": threads},
             "stage3": {**hidden, "CLUP_THREADS": all_threads},
         }
     every = ",".join(gpus)
@@ -48,6 +57,8 @@ def plan_devices(gpus: list[str], cpu_threads: int) -> dict[str, dict[str, str]]
         "stage1": {"CUDA_VISIBLE_DEVICES": gpus[0], "CLUP_THREADS": threads},
         "stage2": {"CUDA_VISIBLE_DEVICES": ",".join(gpus[1:]) or gpus[0],
                    "CLUP_THREADS": threads},
+        "adapt": {"CUDA_VISIBLE_DEVICES": ",".join(gpus[1:]) or gpus[0],
+                  "CLUP_THREADS": threads},
         "stage3": {"CUDA_VISIBLE_DEVICES": every, "CLUP_THREADS": all_threads},
     }
 
@@ -79,9 +90,10 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
     env = plan_devices(visible_gpus(config), cpu_threads(config))
     if config.source.checkpoint is None:
         _run_in_sequence(config, run_dir, "source", env["source"])
-    _run_concurrently(config, run_dir, [n for n in ("stage1", "stage2")
-                                        if n in active_stages(config)], env)
-    _run_in_sequence(config, run_dir, "stage3", env["stage3"])
+    active = active_stages(config)
+    _run_concurrently(config, run_dir, [n for n in CONCURRENT if n in active], env)
+    if "stage3" in active:
+        _run_in_sequence(config, run_dir, "stage3", env["stage3"])
     results = collect_results(config, run_dir)
     write_json(run_dir / "results.json", results)
     print(format_results(results))
@@ -188,21 +200,34 @@ def _seconds(config: ExperimentConfig, run_dir: Path, name: str) -> str:
     return f"{read_json(stage_dir(config, run_dir, name) / 'done.json')['seconds']:.1f} s"
 
 
+METHOD_TITLES = {"clup": "CluP", "source_only": "source only", "shot": "SHOT", "nrc": "NRC",
+                 "aad": "AaD", "tent": "Tent"}
+RESULT_STAGE = {"clup": "stage3", "source_only": "stage1", "shot": "adapt", "nrc": "adapt",
+                "aad": "adapt", "tent": "adapt"}
+
+
 def collect_results(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     stage1 = read_json(run_dir / "stage1" / "summary.json")
+    source_on_target = read_json(run_dir / "stage1" / "source_on_target.json")
+    result_stage = RESULT_STAGE[config.method]
+    adapted = source_on_target if result_stage == "stage1" else \
+        read_json(run_dir / result_stage / "metrics.json")
     results: dict[str, Any] = {
         "experiment": config.name,
+        "method": config.method,
         "source_on_source": _source_accuracy(config, run_dir),
-        "source_on_target": read_json(run_dir / "stage1" / "source_on_target.json")["accuracy"],
-        "clup_on_target": read_json(run_dir / "stage3" / "metrics.json")["accuracy"],
-        "evaluation_note": read_json(run_dir / "stage3" / "metrics.json").get("note"),
+        "source_on_target": source_on_target["accuracy"],
+        "target_accuracy": adapted["accuracy"],
+        "evaluation_note": adapted.get("note"),
         "pseudo_label_accuracy": stage1.get("pseudo_label_accuracy"),
         "selected_accuracy": stage1.get("selected_accuracy"),
+        "auc_purity": stage1.get("auc_purity"),
+        "auc_confidence": stage1.get("auc_confidence"),
         "num_selected": stage1["num_selected"],
         "num_target_train": stage1["num_samples"],
         "seconds": {},
     }
-    for name in STAGES:
+    for name in active_stages(config):
         done = stage_dir(config, run_dir, name) / "done.json"
         if done.is_file():
             results["seconds"][name] = read_json(done)["seconds"]
@@ -223,14 +248,15 @@ def format_results(results: dict[str, Any]) -> str:
         return "   n/a" if value is None else f"{100 * value:5.1f}%"
 
     gain = ""
-    if results["clup_on_target"] is not None and results["source_on_target"] is not None:
-        gain = f"  ({100 * (results['clup_on_target'] - results['source_on_target']):+.1f} points)"
+    if results["target_accuracy"] is not None and results["source_on_target"] is not None:
+        gain = f"  ({100 * (results['target_accuracy'] - results['source_on_target']):+.1f} points)"
     seconds = results["seconds"]
+    title = f"{METHOD_TITLES[results['method']]} on target test"
     lines = [
         f"\nExperiment {results['experiment']}",
         f"  source model on source test    {pct(results['source_on_source'])}",
         f"  source model on target test    {pct(results['source_on_target'])}  (source only)",
-        f"  CluP on target test            {pct(results['clup_on_target'])}{gain}",
+        f"  {title:<31}{pct(results['target_accuracy'])}{gain}",
         f"  pseudo-labels, all train       {pct(results['pseudo_label_accuracy'])}"
         f"  (n={results['num_target_train']})",
         f"  pseudo-labels, selected        {pct(results['selected_accuracy'])}"
@@ -238,6 +264,6 @@ def format_results(results: dict[str, Any]) -> str:
         *([f"  (no target accuracy: {results['evaluation_note']})"]
           if results.get("evaluation_note") else []),
         "  stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
-        "  (stage1 and stage2 ran at the same time)",
+        "  (stage1 and stage2 or adapt ran at the same time)",
     ]
     return "\n".join(lines)

@@ -21,7 +21,7 @@ from typing import Any
 
 import lightning as L
 
-from clup.config import ExperimentConfig, config_to_dict
+from clup.config import SFDA_METHODS, ExperimentConfig, config_to_dict
 from clup.errors import ConfigError
 from clup.io import file_lock, read_json, write_json
 
@@ -73,6 +73,13 @@ def _stage3_settings(c: ExperimentConfig) -> dict[str, Any]:
     return settings
 
 
+def _adapt_settings(c: ExperimentConfig) -> dict[str, Any]:
+    checkpoint = c.source.checkpoint
+    return {"classes": c.classes, "seed": c.seed, "target": config_to_dict(c.target),
+            "method": c.method, "sfda": config_to_dict(c.sfda),
+            "source_checkpoint": _file_digest(Path(checkpoint)) if checkpoint else None}
+
+
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
@@ -84,8 +91,12 @@ STAGES: dict[str, Stage] = {
               "clup.stages.swav_pretrainer:run"),
         Stage("stage3", "stage 3, PseudoLabelFinetuner", ("stage1", "stage2"),
               _stage3_settings, "clup.stages.pseudo_label_finetuner:run"),
+        Stage("adapt", "source-free baseline", ("source",), _adapt_settings,
+              "clup.stages.sfda_adapter:run"),
     )
 }
+CONCURRENT = ("stage1", "stage2", "adapt")
+"""Stages that need only the source model: they run at the same time."""
 
 
 def active_upstream(config: ExperimentConfig, stage: Stage) -> tuple[str, ...]:
@@ -141,10 +152,14 @@ def check_shared_stages(config: ExperimentConfig, run_dir: Path) -> None:
 
 
 def active_stages(config: ExperimentConfig) -> list[str]:
-    """The stages this experiment runs: no source stage when a source checkpoint is given,
-    no SwAV when stage 3 starts from another backbone."""
+    """The stages this experiment runs: no source stage when a source checkpoint is given;
+    stage 1 always (it also measures the source model on the target); SwAV and stage 3 for
+    CluP (no SwAV when stage 3 starts from another backbone); `adapt` for a baseline."""
+    clup = config.method == "clup"
     skipped = {"source": config.source.checkpoint is not None,
-               "stage2": config.finetune.init != "swav"}
+               "stage2": not clup or config.finetune.init != "swav",
+               "stage3": not clup,
+               "adapt": config.method not in SFDA_METHODS}
     return [n for n in STAGES if not skipped.get(n, False)]
 
 

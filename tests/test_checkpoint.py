@@ -141,3 +141,40 @@ def test_a_clup_classifier_checkpoint_can_initialise_a_backbone(tmp_path: Path) 
     assert load_pretrained(backbone, tmp_path / "model.ckpt") == ["head.bias", "head.weight"]
     for mine, theirs in zip(backbone.parameters(), source.backbone.parameters(), strict=True):
         assert torch.equal(mine, theirs)
+
+
+def test_shot_head_round_trip(tmp_path: Path) -> None:
+    config = BackboneConfig("small_cnn", width=4)
+    torch.manual_seed(0)
+    model = Classifier(build_backbone(config), len(CLASSES), head="shot")
+    model.bottleneck[1].running_mean.uniform_()  # a trained BatchNorm's statistics must survive
+    model.eval()
+    path = tmp_path / "model.ckpt"
+    save_classifier(path, model, CLASSES, config, PreprocessingConfig(image_size=16))
+    loaded = load_classifier(path).model.eval()
+    assert loaded.head_kind == "shot"
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        embedding, logits = loaded(x)
+        assert embedding.shape == (2, config.width * 8)
+        assert loaded.features(x).shape == (2, 256)
+        torch.testing.assert_close(loaded.head(loaded.features(x)), logits)
+        for a, b in zip(model(x), (embedding, logits), strict=True):
+            torch.testing.assert_close(a, b)
+
+
+def test_checkpoints_without_a_head_kind_are_linear(tmp_path: Path) -> None:
+    config = BackboneConfig("small_cnn", width=4)
+    path = tmp_path / "model.ckpt"
+    save_classifier(path, _classifier(config), CLASSES, config, PreprocessingConfig())
+    data = torch.load(path, weights_only=True)
+    assert data.pop("head") == "linear"
+    torch.save(data, path)
+    loaded = load_classifier(path).model
+    assert loaded.head_kind == "linear"
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(loaded.eval().features(x), loaded.backbone(x))
+    data["head"] = "mlp"
+    torch.save(data, path)
+    with pytest.raises(CheckpointError, match="unknown head 'mlp'"):
+        load_classifier(path)

@@ -40,6 +40,7 @@ def test_round_trip_through_yaml(tmp_path: Path, tiny_yaml: Path) -> None:
         ("swav.epochs=ten", "swav.epochs must be an integer, got 'ten'"),
         ("runtime.precision=bf16-mix", "runtime.precision must be one of ['auto', '32-true'"),
         ("swav.run_name=a/b", "swav.run_name must be a non-empty folder name"),
+        ("method=nrc", "method nrc adapts SHOT's network shape: set source.head: shot"),
         ("source.run_name=.hidden", "source.run_name must be a non-empty folder name"),
         ("source.optimizer.decay=1.5", "source.optimizer.decay (per-epoch factor) must be in"),
         ("swav.epochs=2.5", "swav.epochs must be an integer"),

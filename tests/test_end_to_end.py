@@ -57,7 +57,7 @@ def test_run_writes_every_artifact_and_reuses_finished_stages(tmp_path: Path) ->
     assert set(metrics["per_class_accuracy"]) == {
         "Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"}
     results = json.loads((run_dir / "results.json").read_text())
-    assert results["clup_on_target"] == metrics["accuracy"]
+    assert results["target_accuracy"] == metrics["accuracy"]
     assert set(results["seconds"]) == {"source", "stage1", "stage2", "stage3"}
     assert load_classifier(run_dir / "stage3/model.ckpt").classes[0] == "Surprise"
     for stage in ("source", "stage1", "stage2", "stage3"):
@@ -148,7 +148,7 @@ def test_run_killed_during_stage2_resumes_from_its_checkpoint(tmp_path: Path) ->
     log = (tmp_path / "runs/tiny/stage2/stage.log").read_text()
     assert "Restoring states from the checkpoint" in log
     assert interrupted_epoch < 40
-    assert json.loads((tmp_path / "runs/tiny/results.json").read_text())["clup_on_target"] >= 0
+    assert json.loads((tmp_path / "runs/tiny/results.json").read_text())["target_accuracy"] >= 0
 
 
 def _wait_for_no_stage_processes(tmp_path: Path, timeout: float = 60) -> None:

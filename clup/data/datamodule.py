@@ -2,6 +2,8 @@
 
 The stage picks what the training loader yields (`train_views`):
 - `labels`: the split's own labels with training augmentation (source training);
+- `unlabelled`: the same images and augmentation, labels not required (-1 where
+  unknown; the source-free baselines);
 - `multicrop`: SwAV multi-crop views, no labels (stage 2);
 - `pseudo_labels`: the subset selected by stage 1 with its pseudo-labels (stage 3).
 `predict_dataloader` is the train split with evaluation transforms and sample
@@ -27,7 +29,7 @@ from clup.data.manifest import ImageTable
 from clup.data.transforms import MultiCrop, eval_transform, train_transform
 from clup.errors import ManifestError
 
-TrainViews = Literal["labels", "multicrop", "pseudo_labels"]
+TrainViews = Literal["labels", "unlabelled", "multicrop", "pseudo_labels"]
 
 
 class ImageDataset(Dataset):
@@ -160,7 +162,7 @@ class DomainDataModule(L.LightningDataModule):
             dataset = ImageDataset(ImageTable(table.paths, relabelled),
                                    train_transform(self.preprocessing, self.color_jitter), indices)
         else:
-            if not table.has_labels:
+            if self.train_views == "labels" and not table.has_labels:
                 raise ManifestError(f"{self.key} ({self.dataset.path}): training needs labels "
                                     "on every train image")
             dataset = ImageDataset(table, train_transform(self.preprocessing, self.color_jitter))

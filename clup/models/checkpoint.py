@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import weight_norm
 
 from clup.config import BackboneConfig, PreprocessingConfig, from_dict
 from clup.errors import CheckpointError
@@ -20,19 +21,44 @@ from clup.models.backbones import Backbone, build_backbone
 
 FORMAT = "clup-classifier/1"
 BACKBONE_FORMAT = "clup-backbone/1"
+HEADS = ("linear", "shot")
+SHOT_BOTTLENECK_DIM = 256
+"""SHOT's bottleneck width (Liang et al., ICML 2020), also NRC's and AaD's."""
 
 
 class Classifier(nn.Module):
-    """A backbone and a linear head; `forward` returns (embedding, logits)."""
+    """A backbone and a classification head; `forward` returns (embedding, logits).
 
-    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+    The embedding is always the backbone's pooled features (CluP's stage 1 clusters those).
+    `head="linear"`: one linear layer on the embedding. `head="shot"`: SHOT's shape (Liang
+    et al., ICML 2020): a bottleneck `Linear(out_dim, 256)` + `BatchNorm1d(256)`, then a
+    weight-normalised linear classifier, which SHOT, NRC and AaD adapt.
+    """
+
+    def __init__(self, backbone: Backbone, num_classes: int, head: str = "linear") -> None:
         super().__init__()
+        if head not in HEADS:
+            raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
         self.backbone = backbone
-        self.head = nn.Linear(backbone.out_dim, num_classes)
+        self.head_kind = head
+        if head == "shot":
+            self.bottleneck: nn.Module = nn.Sequential(
+                nn.Linear(backbone.out_dim, SHOT_BOTTLENECK_DIM),
+                nn.BatchNorm1d(SHOT_BOTTLENECK_DIM),
+            )
+            self.head = weight_norm(nn.Linear(SHOT_BOTTLENECK_DIM, num_classes))
+        else:
+            # No parameters, so a linear classifier's state dict keeps its original keys.
+            self.bottleneck = nn.Identity()
+            self.head = nn.Linear(backbone.out_dim, num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's input: the bottleneck's output (shot) or the embedding (linear)."""
+        return self.bottleneck(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         embedding = self.backbone(x)
-        return embedding, self.head(embedding)
+        return embedding, self.head(self.bottleneck(embedding))
 
 
 class LoadedClassifier:
@@ -69,6 +95,7 @@ def save_classifier(
             "backbone": asdict(backbone),
             "preprocessing": asdict(preprocessing),
             "metadata": metadata or {},
+            "head": model.head_kind,
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         },
     )
@@ -78,7 +105,11 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
     data = _load(path, FORMAT)
     backbone = from_dict(BackboneConfig, data["backbone"], "backbone")
     preprocessing = from_dict(PreprocessingConfig, data["preprocessing"], "preprocessing")
-    model = Classifier(build_backbone(backbone), len(data["classes"]))
+    # Checkpoints written before SHOT's head existed have no `head` key: they are linear.
+    head = data.get("head", "linear")
+    if head not in HEADS:
+        raise CheckpointError(f"{path} has an unknown head {head!r}; expected one of {list(HEADS)}")
+    model = Classifier(build_backbone(backbone), len(data["classes"]), head)
     _load_state(model, data["state_dict"], path)
     return LoadedClassifier(model, list(data["classes"]), backbone, preprocessing,
                             dict(data["metadata"]))

@@ -25,7 +25,7 @@ from clup.data.manifest import ImageTable
 from clup.diagnostics import plot_diagnostics, pseudo_label_diagnostics
 from clup.errors import ConfigError
 from clup.io import write_json, write_text
-from clup.models.checkpoint import Classifier, load_classifier
+from clup.models.checkpoint import Classifier, LoadedClassifier, load_classifier
 from clup.pipeline import stage_dir
 from clup.pseudo_labels import (
     agreeing_members,
@@ -116,12 +116,7 @@ def pseudo_label_csv(table: ImageTable, labels: PseudoLabels) -> str:
 def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     """Write `stage1/pseudo_labels.csv`, `summary.json` and the source model's target metrics."""
     stage_dir = run_dir / "stage1"
-    source = load_classifier(source_checkpoint(config, run_dir))
-    if source.classes != list(config.classes):
-        raise ConfigError(
-            f"the source model's classes {source.classes} differ from the experiment's "
-            f"classes {config.classes}"
-        )
+    source = load_source(config, run_dir)
     datamodule = DomainDataModule(
         config.require_target(), config.classes, source.preprocessing,
         eval_batch_size=config.cluster_labeler.batch_size,
@@ -187,3 +182,14 @@ def source_checkpoint(config: ExperimentConfig, run_dir: Path) -> Path:
     if config.source.checkpoint:
         return Path(config.source.checkpoint)
     return stage_dir(config, run_dir, "source") / "model.ckpt"
+
+
+def load_source(config: ExperimentConfig, run_dir: Path) -> LoadedClassifier:
+    """The source model, checked to predict the experiment's classes."""
+    source = load_classifier(source_checkpoint(config, run_dir))
+    if source.classes != list(config.classes):
+        raise ConfigError(
+            f"the source model's classes {source.classes} differ from the experiment's "
+            f"classes {config.classes}"
+        )
+    return source

@@ -118,7 +118,7 @@ def make_loggers(config: ExperimentConfig, stage_dir: Path, stage: str) -> list[
             WandbLogger(
                 project=config.wandb.project,
                 entity=config.wandb.entity,
-                group=config.name,
+                group=config.wandb.group or config.name,
                 job_type=stage,
                 name=f"{config.name}/{stage}",
                 save_dir=str(stage_dir),

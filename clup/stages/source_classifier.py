@@ -48,7 +48,7 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         ignored = load_pretrained(backbone, source.pretrained, source.pretrained_prefix)
         print(f"[clup] backbone initialised from {source.pretrained}"
               + (f"; head keys ignored: {', '.join(ignored)}" if ignored else ""), flush=True)
-    model = Classifier(backbone, len(config.classes))
+    model = Classifier(backbone, len(config.classes), head=source.head)
     module = SourceClassifier(model, config.classes, source.optimizer, source.label_smoothing)
     metrics = fit_and_evaluate(config, stage_dir(config, run_dir, "source"), "source", module,
                                datamodule, source.epochs, source.backbone)

@@ -1,0 +1,200 @@
+"""`clup benchmark GRID.yaml`: methods x setups x seeds, one table.
+
+A grid file names its setups (experiment files), its methods (settings applied
+on top of a setup, such as `method: shot` or an ablation switch) and its seeds:
+
+    name: benchmark-demo
+    seeds: [0, 1, 2]
+    setups: {studio->wild: demo.yaml}           # relative to the grid file
+    methods:
+      source only: {method: source_only}
+      CluP: {}
+      instance PL: {cluster_labeler.labels: instance, cluster_labeler.score: confidence}
+    overrides: {source.head: shot}              # every run (optional)
+
+Every run is an ordinary experiment in `<output_root>/<name>/`. Runs of one
+setup and seed share their source model, and their SwAV backbone when its
+settings agree (the shared folders are named after a digest of those settings),
+so a method costs only what is its own. An interrupted benchmark resumes: a
+rerun finds the finished stages done. `benchmark.csv` (one row per run) and
+`benchmark.md` (mean +- std over seeds, best per setup in bold) are rewritten
+after every run.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from clup.config import ExperimentConfig, load_experiment
+from clup.errors import ConfigError
+from clup.io import write_text
+
+GRID_KEYS = {"name", "seeds", "setups", "methods", "overrides", "output_root"}
+COLUMNS = ["setup", "method", "seed", "target_accuracy", "source_on_target",
+           "selected_accuracy", "num_selected", "auc_purity", "auc_confidence", "seconds",
+           "run_dir"]
+
+
+@dataclass(frozen=True)
+class Grid:
+    name: str
+    seeds: list[int]
+    setups: dict[str, Path]
+    methods: dict[str, dict[str, Any]]
+    overrides: dict[str, Any]
+    output_root: Path
+
+    @property
+    def folder(self) -> Path:
+        return self.output_root / self.name
+
+
+@dataclass(frozen=True)
+class Run:
+    setup: str
+    method: str
+    seed: int
+    config: ExperimentConfig
+
+
+def load_grid(path: Path) -> Grid:
+    """Read and check a grid file; every setup must load with every method's settings."""
+    if not path.is_file():
+        raise ConfigError(f"benchmark grid {path} does not exist")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping with keys {sorted(GRID_KEYS)}")
+    unknown = sorted(set(raw) - GRID_KEYS)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {unknown}; accepted: {sorted(GRID_KEYS)}")
+    for key in ("name", "seeds", "setups", "methods"):
+        if not raw.get(key):
+            raise ConfigError(f"{path}: `{key}` is required")
+    if not all(isinstance(s, int) and not isinstance(s, bool) for s in raw["seeds"]):
+        raise ConfigError(f"{path}: seeds must be a list of integers, got {raw['seeds']}")
+    for key in ("setups", "methods"):
+        if not isinstance(raw[key], dict):
+            raise ConfigError(f"{path}: {key} must map labels to "
+                              f"{'experiment files' if key == 'setups' else 'settings'}")
+    methods = {str(k): dict(v or {}) for k, v in raw["methods"].items()}
+    return Grid(
+        name=_slug(str(raw["name"])),
+        seeds=list(raw["seeds"]),
+        setups={str(k): path.parent / str(v) for k, v in raw["setups"].items()},
+        methods=methods,
+        overrides=dict(raw.get("overrides") or {}),
+        output_root=Path(raw.get("output_root", "lightning_logs")),
+    )
+
+
+def plan_runs(grid: Grid) -> list[Run]:
+    """Every run of the grid, configured; seed by seed, so a partial grid is a whole table."""
+    return [Run(setup, method, seed, run_config(grid, setup, method, seed))
+            for seed in grid.seeds for setup in grid.setups for method in grid.methods]
+
+
+def run_config(grid: Grid, setup: str, method: str, seed: int) -> ExperimentConfig:
+    """A setup's experiment with the grid's and the method's settings, named for the grid."""
+    from clup.pipeline import fingerprint
+
+    settings = {**grid.overrides, **grid.methods[method], "seed": seed,
+                "name": f"{_slug(setup)}--{_slug(method)}--seed{seed}",
+                "output_root": str(grid.folder), "wandb.group": f"{grid.name}/{setup}"}
+    overrides = [f"{key}={json.dumps(value)}" for key, value in settings.items()]
+    config = load_experiment(grid.setups[setup], overrides)
+    # Shared folders named after what they depend on: methods that agree on the source
+    # (or SwAV) settings share it, one that changes them gets its own.
+    config.source.run_name = config.swav.run_name = None
+    config.source.run_name = f"{_slug(setup)}--shared-source-{fingerprint(config, 'source')[:8]}"
+    config.swav.run_name = f"{_slug(setup)}--shared-swav-{fingerprint(config, 'stage2')[:8]}"
+    return config
+
+
+def run_benchmark(path: Path) -> list[dict[str, Any]]:
+    """Run (or resume) every run of the grid; write and return the rows."""
+    from clup.driver import run_experiment
+
+    grid = load_grid(path)
+    runs = plan_runs(grid)
+    rows: list[dict[str, Any]] = []
+    for number, run in enumerate(runs, start=1):
+        print(f"[clup benchmark] run {number}/{len(runs)}: {run.setup}, {run.method}, "
+              f"seed {run.seed}", flush=True)
+        results = run_experiment(run.config)
+        rows.append(_row(run, results))
+        write_outputs(grid, rows)
+    print(table(grid, rows))
+    print(f"\n[clup benchmark] {grid.folder / 'benchmark.csv'}, {grid.folder / 'benchmark.md'}")
+    return rows
+
+
+def _row(run: Run, results: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "setup": run.setup, "method": run.method, "seed": run.seed,
+        **{key: results.get(key) for key in COLUMNS[3:9]},
+        "seconds": round(sum(results["seconds"].values()), 1),
+        "run_dir": str(run.config.run_dir),
+    }
+
+
+def write_outputs(grid: Grid, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(grid.folder / "benchmark.csv", buffer.getvalue())
+    write_text(grid.folder / "benchmark.md", table(grid, rows) + "\n")
+
+
+def table(grid: Grid, rows: list[dict[str, Any]]) -> str:
+    """Target accuracy (%), mean +- std over seeds; the best mean per setup in bold."""
+    cells: dict[tuple[str, str], list[float]] = {}
+    for row in rows:
+        if row["target_accuracy"] is not None:
+            cells.setdefault((row["method"], row["setup"]), []).append(100 * row["target_accuracy"])
+    best = {setup: max((np.mean(v) for (_, s), v in cells.items() if s == setup), default=None)
+            for setup in grid.setups}
+    lines = ["| method | " + " | ".join(grid.setups) + " |",
+             "|---|" + "---|" * len(grid.setups)]
+    for method in grid.methods:
+        entries = []
+        for setup in grid.setups:
+            values = cells.get((method, setup))
+            if not values:
+                entries.append("")
+                continue
+            text = f"{np.mean(values):.1f} ± {np.std(values):.1f} (n={len(values)})"
+            entries.append(f"**{text}**" if np.mean(values) == best[setup] else text)
+        lines.append(f"| {method} | " + " | ".join(entries) + " |")
+    lines += ["", _ranking_note(rows)]
+    return "\n".join(lines)
+
+
+def _ranking_note(rows: list[dict[str, Any]]) -> str:
+    """Stage 1's ranking quality, averaged over the runs that measured it."""
+    parts = []
+    for key, label in (("auc_purity", "cluster purity"), ("auc_confidence", "confidence")):
+        values = [r[key] for r in rows if r.get(key) is not None]
+        if values:
+            parts.append(f"{label} {np.mean(values):.3f} ± {np.std(values):.3f}")
+    if not parts:
+        return ""
+    return ("ROC AUC of the score for a correct stage-1 pseudo-label (mean ± std over runs): "
+            + ", ".join(parts))
+
+
+def _slug(text: str) -> str:
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("->", "-to-")).strip("-.")
+    if not slug:
+        raise ConfigError(f"{text!r} cannot name a folder")
+    return slug
+
