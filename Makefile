@@ -9,11 +9,12 @@ SOURCES := source-afe source-rafdb
 # Extra `key=value` settings or flags for clup, e.g. make afe-expw ARGS="--dry-run"
 ARGS ?=
 
-.PHONY: help venv test lint demo clean-demo $(SETUPS) $(SOURCES)
+.PHONY: help venv test lint demo benchmark-demo clean-demo $(SETUPS) $(SOURCES)
 
 help:
 	@echo "make demo          - run the whole CluP pipeline on the embedded synthetic-faces benchmark"
 	@echo "make test          - lint and run the test suite"
+	@echo "make benchmark-demo - every method and ablation on the embedded benchmark, 3 seeds (~40 min)"
 	@echo "make afe-expw      - a paper setup on your datasets (also afe-fer2013, rafdb-expw,"
 	@echo "                     rafdb-fer2013); needs CLUP_DATA_ROOT, see README"
 	@echo "make source-afe    - train only a source model (also source-rafdb)"
@@ -35,6 +36,9 @@ test: lint
 
 demo: $(STAMP)
 	$(BIN)/clup run experiments/demo.yaml
+
+benchmark-demo: $(STAMP)
+	$(BIN)/clup benchmark experiments/benchmark-demo.yaml
 
 clean-demo:
 	rm -rf lightning_logs/demo

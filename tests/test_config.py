@@ -5,13 +5,24 @@ import pytest
 from clup.config import ConfigError, dump_yaml, experiment_from_dict, load_experiment
 from tests.conftest import tiny_experiment, write_experiment
 
-EXPERIMENTS = sorted(Path(__file__).parents[1].joinpath("experiments").glob("*.yaml"))
+SHIPPED = sorted(Path(__file__).parents[1].joinpath("experiments").glob("*.yaml"))
+GRIDS = [p for p in SHIPPED if p.stem.startswith("benchmark")]
+EXPERIMENTS = [p for p in SHIPPED if p not in GRIDS]
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
 def test_shipped_experiments_load(path: Path) -> None:
     config = load_experiment(path)
     assert config.name
+
+
+@pytest.mark.parametrize("path", GRIDS, ids=[p.stem for p in GRIDS])
+def test_shipped_benchmark_grids_configure_every_run(path: Path) -> None:
+    from clup.benchmark import load_grid, plan_runs
+
+    grid = load_grid(path)
+    runs = plan_runs(grid)  # loads and validates each run's experiment
+    assert len(runs) == len(grid.seeds) * len(grid.setups) * len(grid.methods)
 
 
 def test_overrides_apply_with_yaml_types(tiny_yaml: Path) -> None:

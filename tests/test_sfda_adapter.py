@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,10 @@ def test_shot_keeps_the_classifier_and_adapts_the_rest(root: Path) -> None:
     assert not {name for name in moved if name.startswith("head.")}
     assert any(name.startswith("backbone.") for name in moved)
     assert any(name.startswith("bottleneck.") for name in moved)
+    with (root / "runs" / "shot-shot" / "adapt" / "csv" / "metrics.csv").open() as log:
+        accuracies = [float(row["train/pseudo_label_accuracy"]) for row in csv.DictReader(log)
+                      if row["train/pseudo_label_accuracy"]]
+    assert accuracies and all(0 <= a <= 1 for a in accuracies)
 
 
 @pytest.mark.parametrize("method", ["nrc", "aad"])

@@ -123,6 +123,10 @@ class SHOTAdapter(SFDAAdapter):
 
     def on_train_epoch_start(self) -> None:
         self.pseudo_labels = shot_centroid_labels(*self.target_outputs())
+        table = self.trainer.datamodule.train_table
+        if table.has_labels:  # diagnosis only: how right SHOT's pseudo-labels are
+            correct = self.pseudo_labels.cpu().numpy() == table.labels
+            self.log("train/pseudo_label_accuracy", float(correct.mean()))
 
     def adaptation_loss(self, images: Tensor, indices: Tensor) -> Tensor:
         return shot_loss(self(images), self.pseudo_labels[indices], self.sfda.beta)
