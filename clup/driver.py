@@ -202,16 +202,14 @@ def _seconds(config: ExperimentConfig, run_dir: Path, name: str) -> str:
 
 METHOD_TITLES = {"clup": "CluP", "source_only": "source only", "shot": "SHOT", "nrc": "NRC",
                  "aad": "AaD", "tent": "Tent"}
-RESULT_STAGE = {"clup": "stage3", "source_only": "stage1", "shot": "adapt", "nrc": "adapt",
-                "aad": "adapt", "tent": "adapt"}
 
 
 def collect_results(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     stage1 = read_json(run_dir / "stage1" / "summary.json")
     source_on_target = read_json(run_dir / "stage1" / "source_on_target.json")
-    result_stage = RESULT_STAGE[config.method]
-    adapted = source_on_target if result_stage == "stage1" else \
-        read_json(run_dir / result_stage / "metrics.json")
+    # The adapted model is the last stage's: stage 3 (CluP), adapt (a baseline), or none.
+    last = [n for n in active_stages(config) if n in ("stage3", "adapt")]
+    adapted = read_json(run_dir / last[0] / "metrics.json") if last else source_on_target
     results: dict[str, Any] = {
         "experiment": config.name,
         "method": config.method,
