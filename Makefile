@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check clup tests
+	$(BIN)/ruff check clup tests benchmarks
 
 test: lint
 	$(BIN)/pytest -q

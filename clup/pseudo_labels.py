@@ -90,6 +90,19 @@ def _check_same_length(first: np.ndarray, first_name: str, other: np.ndarray, na
         )
 
 
+def _vote_inputs(
+    clusters: Any, predictions: Any, num_clusters: Any, num_classes: Any
+) -> tuple[np.ndarray, np.ndarray, int, int]:
+    num_clusters = _positive_int(num_clusters, "num_clusters")
+    num_classes = _positive_int(num_classes, "num_classes")
+    clusters = _int_vector(clusters, "clusters")
+    predictions = _int_vector(predictions, "predictions")
+    _check_same_length(clusters, "clusters", predictions, "predictions")
+    _check_range(clusters, "clusters", num_clusters)
+    _check_range(predictions, "predictions", num_classes)
+    return clusters, predictions, num_clusters, num_classes
+
+
 def normalize_embeddings(z: np.ndarray, append_one: bool = True) -> np.ndarray:
     """L2-normalise the rows of z as float32, first appending a constant 1 column if asked.
 
@@ -114,13 +127,9 @@ def cluster_purity(
 
     One bincount over the N samples; nothing loops over clusters or classes.
     """
-    num_clusters = _positive_int(num_clusters, "num_clusters")
-    num_classes = _positive_int(num_classes, "num_classes")
-    clusters = _int_vector(clusters, "clusters")
-    predictions = _int_vector(predictions, "predictions")
-    _check_same_length(clusters, "clusters", predictions, "predictions")
-    _check_range(clusters, "clusters", num_clusters)
-    _check_range(predictions, "predictions", num_classes)
+    clusters, predictions, num_clusters, num_classes = _vote_inputs(
+        clusters, predictions, num_clusters, num_classes
+    )
 
     counts = np.bincount(
         clusters * num_classes + predictions, minlength=num_clusters * num_classes
@@ -137,6 +146,37 @@ def cluster_purity(
         size=size.astype(np.int64),
         counts=counts.astype(np.int64),
     )
+
+
+def cluster_purity_loop(
+    clusters: np.ndarray, predictions: np.ndarray, num_clusters: int, num_classes: int
+) -> ClusterVotes:
+    """`cluster_purity` computed the way the CluP reference code does: K x C Python loops.
+
+    Each (cluster, class) pair makes one boolean pass over the N samples. Kept only as the
+    reference definition that tests check `cluster_purity` against and that
+    benchmarks/stage1.py times; use `cluster_purity`.
+    """
+    clusters, predictions, num_clusters, num_classes = _vote_inputs(
+        clusters, predictions, num_clusters, num_classes
+    )
+
+    counts = np.zeros((num_clusters, num_classes), dtype=np.int64)
+    label = np.full(num_clusters, -1, dtype=np.int64)
+    purity = np.zeros(num_clusters)
+    for k in range(num_clusters):
+        for c in range(num_classes):
+            counts[k, c] = np.count_nonzero((clusters == k) & (predictions == c))
+        majority = 0
+        for c in range(1, num_classes):
+            # Strictly greater: a tie keeps the lower class id.
+            if counts[k, c] > counts[k, majority]:
+                majority = c
+        size = int(counts[k].sum())
+        if size:
+            label[k] = majority
+            purity[k] = int(counts[k, majority]) / size
+    return ClusterVotes(label=label, purity=purity, size=counts.sum(axis=1), counts=counts)
 
 
 def assign_pseudo_labels(

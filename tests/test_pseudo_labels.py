@@ -13,6 +13,7 @@ from clup.pseudo_labels import (
     agreeing_members,
     assign_pseudo_labels,
     cluster_purity,
+    cluster_purity_loop,
     normalize_embeddings,
     pseudo_label_summary,
     select_by_threshold,
@@ -95,6 +96,42 @@ def test_pipeline_matches_brute_force(seed: int) -> None:
     assert select_by_threshold(purity, threshold, eligible).tolist() == [
         m and p >= threshold for m, p in zip(mask, purity.tolist(), strict=True)
     ]
+
+
+def assert_same_votes(first, second) -> None:
+    for field in ("label", "purity", "size", "counts"):
+        expected, actual = getattr(first, field), getattr(second, field)
+        assert actual.dtype == expected.dtype, field
+        np.testing.assert_array_equal(actual, expected, err_msg=field)
+
+
+@pytest.mark.parametrize("seed", range(NUM_RANDOM_CASES))
+def test_one_pass_purity_equals_the_reference_loop(seed: int) -> None:
+    rng = np.random.default_rng(2000 + seed)
+    clusters, predictions, num_clusters, num_classes = random_case(rng)
+    assert_same_votes(
+        cluster_purity(clusters, predictions, num_clusters, num_classes),
+        cluster_purity_loop(clusters, predictions, num_clusters, num_classes),
+    )
+
+
+def test_one_pass_purity_equals_the_reference_loop_at_scale_with_ties_and_empty_clusters():
+    rng = np.random.default_rng(7)
+    # Clusters 0..59 of 80 used, few members each: many tied votes and 20 empty clusters.
+    clusters = rng.integers(0, 60, size=600)
+    predictions = rng.integers(0, 7, size=600)
+    votes = cluster_purity_loop(clusters, predictions, 80, 7)
+    assert_same_votes(cluster_purity(clusters, predictions, 80, 7), votes)
+    top = votes.counts.max(axis=1)
+    assert ((votes.counts == top[:, None]).sum(axis=1) > 1).sum() > 10
+    assert (votes.label == -1).sum() == 20
+
+
+def test_reference_loop_ties_go_to_lowest_class_and_empty_clusters_are_marked() -> None:
+    votes = cluster_purity_loop([0, 0, 0, 0, 2], [3, 1, 3, 1, 2], num_clusters=3, num_classes=4)
+    assert votes.label.tolist() == [1, -1, 2]
+    assert votes.purity.tolist() == [0.5, 0.0, 1.0]
+    assert votes.size.tolist() == [4, 0, 1]
 
 
 @pytest.mark.parametrize("seed", range(NUM_RANDOM_CASES))
@@ -208,6 +245,9 @@ def test_normalize_embeddings_keeps_zero_rows_zero_without_appended_one() -> Non
         (lambda: cluster_purity([0.0, 1.0], [0, 1], 3, 2), "clusters"),
         (lambda: cluster_purity([0], [0], 0, 2), "num_clusters"),
         (lambda: cluster_purity([0], [0], 1, 0), "num_classes"),
+        (lambda: cluster_purity_loop([0, 3], [0, 0], 3, 2), "clusters"),
+        (lambda: cluster_purity_loop([0, 1], [0], 3, 2), "predictions"),
+        (lambda: cluster_purity_loop([0], [0], 1, 0), "num_classes"),
         (lambda: assign_pseudo_labels([5], cluster_purity([0], [0], 2, 1)), "clusters"),
         (lambda: select_top_ratio([0, 1], [0.5, 0.5], 0.0, 2), "selection_ratio"),
         (lambda: select_top_ratio([0, 1], [0.5, 0.5], 1.5, 2), "selection_ratio"),
