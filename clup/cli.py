@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -25,7 +26,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("experiment", type=Path, help="experiment YAML")
     run.add_argument("overrides", nargs="*", help="key.sub=value settings")
     run.add_argument("--dry-run", action="store_true",
-                     help="check config, datasets and checkpoints, print the plan, train nothing")
+                     help="check config, datasets and checkpoints, print the plan, train nothing "
+                          "(with --launcher slurm: print the job scripts, submit nothing)")
+    run.add_argument("--launcher", choices=("local", "slurm"), default="local",
+                     help="local: run the stages here (default); slurm: submit each unfinished "
+                          "stage as a SLURM job (settings under `slurm:`)")
 
     prepare = commands.add_parser(
         "prepare", help="crop and resize a raw dataset once into the form every stage reads"
@@ -57,6 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     stage.add_argument("name", choices=STAGE_NAMES)
     stage.add_argument("run_dir", type=Path, help="run folder holding config.yaml")
+
+    results = commands.add_parser(
+        "results", help="collect a finished run's results into results.json and print them"
+    )
+    results.add_argument("run_dir", type=Path, help="run folder holding config.yaml")
+    results.add_argument("--if-done", action="store_true",
+                         help="when a stage is not done yet, say so and exit 0 (job scripts of "
+                              "stages finishing in any order use it)")
     return parser
 
 
@@ -83,12 +96,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     from clup.config import load_experiment
 
     if args.command == "stage":
-        _limit_threads()
+        config = load_experiment(args.run_dir / "config.yaml")
+        _limit_threads(config)
         from clup.pipeline import run_stage
 
-        config = load_experiment(args.run_dir / "config.yaml")
         run_stage(config, args.run_dir, args.name)
         return 0
+    if args.command == "results":
+        return _results(args)
     if args.command == "prepare":
         return _prepare(args)
     if args.command == "benchmark":
@@ -104,6 +119,13 @@ def _dispatch(args: argparse.Namespace) -> int:
     config = load_experiment(args.experiment, args.overrides)
     if args.command == "train-source":
         return _train_source(config, args.experiment)
+    if args.launcher == "slurm":
+        from clup.slurm import submit
+
+        origin = shlex.join(["clup", "run", "--launcher", "slurm", str(args.experiment),
+                             *args.overrides])
+        submit(config, origin, dry_run=args.dry_run)
+        return 0
     from clup.driver import cpu_threads, run_experiment, visible_gpus
 
     if args.dry_run:
@@ -133,6 +155,24 @@ def _train_source(config: ExperimentConfig, experiment: Path) -> int:
     return 0
 
 
+def _results(args: argparse.Namespace) -> int:
+    from clup.config import load_experiment
+    from clup.driver import report_results
+    from clup.pipeline import STAGES, active_stages, done_record
+
+    config = load_experiment(args.run_dir / "config.yaml")
+    unfinished = [STAGES[n].title for n in active_stages(config)
+                  if done_record(config, args.run_dir, n) is None]
+    if unfinished and args.if_done:
+        print(f"[clup] results wait for: {', '.join(unfinished)}")
+        return 0
+    if unfinished:
+        raise ClupError(f"{args.run_dir}: results need every stage done; not done yet: "
+                        f"{', '.join(unfinished)}")
+    report_results(config, args.run_dir)
+    return 0
+
+
 def _prepare(args: argparse.Namespace) -> int:
     from clup.data.datasets import prepared_dir, raw_source
     from clup.data.prepare import prepare
@@ -150,13 +190,17 @@ def _prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _limit_threads() -> None:
-    """Concurrent stages on one CPU share its cores instead of oversubscribing them."""
+def _limit_threads(config: ExperimentConfig) -> None:
+    """Concurrent stages on one CPU share its cores instead of oversubscribing them; so do
+    the processes of one stage training on several CPU devices."""
     threads = os.environ.get("CLUP_THREADS")
     if threads:
         import torch
 
-        torch.set_num_threads(int(threads))
+        from clup.distributed import local_processes
+
+        processes = local_processes(config.runtime) if config.runtime.accelerator == "cpu" else 1
+        torch.set_num_threads(max(1, int(threads) // processes))
 
 
 if __name__ == "__main__":

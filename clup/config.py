@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Mapping, Sequence
@@ -168,6 +169,9 @@ class ClusterLabelerConfig:
     labels each sample by its cluster's majority and ranks it by the cluster's
     purity; instance-level pseudo-labelling (`labels: instance`, `score:
     confidence`) uses each sample's own prediction and softmax confidence.
+    `kmeans_backend`: `faiss` (on the GPU when faiss has one), `sklearn`, or `auto` (faiss
+    when installed); both run Lloyd iterations up to `kmeans_max_iter` with sklearn's
+    convergence test, keeping the best of `kmeans_n_init` seeded starts.
     """
 
     labels: Literal["cluster", "instance"] = "cluster"
@@ -177,6 +181,7 @@ class ClusterLabelerConfig:
     purity_threshold: float | None = None
     append_one: bool = True
     drop_disagreeing: bool = False
+    kmeans_backend: Literal["auto", "faiss", "sklearn"] = "auto"
     kmeans_max_iter: int = 300
     kmeans_n_init: int = 1
     batch_size: int = 256
@@ -303,6 +308,10 @@ class SFDAConfig:
                 raise ConfigError(f"{key}.{name} must be >= 0, got {getattr(self, name)}")
 
 
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true", "ddp_spawn", "fsdp",
+              "deepspeed")
+"""Lightning strategy names a run may ask for; `auto` is DDP when there are several devices."""
+
 METHODS = ("clup", "source_only", "shot", "nrc", "aad", "tent")
 SFDA_METHODS = ("shot", "nrc", "aad", "tent")
 
@@ -313,12 +322,33 @@ class RuntimeConfig:
 
     `precision: auto` is bf16 mixed precision on a GPU that supports it, else 32-bit;
     any Lightning precision string (`16-mixed`, `32-true`, ...) is passed through.
+    `devices`, `num_nodes`, `strategy`: Lightning's, per stage process; `auto` devices is
+    every GPU the stage is given (one process on the CPU). More than one device in all
+    trains with DDP; `sync_batchnorm` then synchronises BatchNorm statistics across ranks.
+    `stage1_gpus`: how many of the visible GPUs stage 1 takes (the first ones) while
+    stage 2, or a baseline's adaptation, takes the others; stage 3 takes them all.
+    `channels_last`: the model and its 4-D input batches in channels-last memory format
+    (faster convolutions on tensor-core GPUs). `compile`: `torch.compile` of the backbone,
+    in place so checkpoints keep their keys; skipped with a warning where it cannot run.
+    `pin_memory` (`null`: when training on a CUDA GPU), `persistent_workers` and
+    `prefetch_factor` (batches each worker prepares ahead): the DataLoader's; the last two
+    apply only with `num_workers` above 0.
     """
 
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
     precision: str = "32-true"
     num_workers: int = 4
     threads: int | None = None
+    devices: int | Literal["auto"] = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    sync_batchnorm: bool = False
+    stage1_gpus: int = 1
+    channels_last: bool = False
+    compile: bool = False
+    pin_memory: bool | None = None
+    persistent_workers: bool = True
+    prefetch_factor: int = 4
 
     def validate(self, key: str) -> None:
         if self.precision not in PRECISIONS:
@@ -328,6 +358,14 @@ class RuntimeConfig:
             raise ConfigError(f"{key}.num_workers must be >= 0")
         if self.threads is not None:
             _positive(self.threads, f"{key}.threads")
+        if self.devices != "auto":
+            _positive(self.devices, f"{key}.devices")
+        _positive(self.num_nodes, f"{key}.num_nodes")
+        _positive(self.stage1_gpus, f"{key}.stage1_gpus")
+        _positive(self.prefetch_factor, f"{key}.prefetch_factor")
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"{key}.strategy must be one of {list(STRATEGIES)}, "
+                              f"got {self.strategy!r}")
 
 
 @dataclass
@@ -339,6 +377,80 @@ class WandbConfig:
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     group: str | None = None
     """W&B run group; default the experiment's name (a benchmark groups by setup)."""
+
+
+SLURM_TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}")
+"""SLURM's time limits: MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS."""
+SLURM_MEMORY = re.compile(r"\d+[KMGT]?", re.IGNORECASE)
+
+
+@dataclass
+class SlurmStageConfig:
+    """One stage's job under `slurm.stages`: each value set here replaces the `slurm`
+    section's for that stage; `extra` options are added to the section's."""
+
+    partition: str | None = None
+    qos: str | None = None
+    time: str | int | None = None
+    nodes: int | None = None
+    gpus_per_node: int | None = None
+    cpus_per_task: int | None = None
+    mem: str | None = None
+    extra: list[str] = field(default_factory=list)
+
+    def validate(self, key: str) -> None:
+        _slurm_resources(self, key)
+
+
+@dataclass
+class SlurmStagesConfig:
+    """Per-stage jobs (`slurm.stages.stage2: {nodes: 2}`); a stage not named here takes
+    the `slurm` section's resources, except stage 1 (below)."""
+
+    source: SlurmStageConfig | None = None
+    stage1: SlurmStageConfig | None = None
+    stage2: SlurmStageConfig | None = None
+    stage3: SlurmStageConfig | None = None
+    adapt: SlurmStageConfig | None = None
+
+
+@dataclass
+class SlurmConfig:
+    """`clup run --launcher slurm`: one batch job per stage, chained by dependencies.
+
+    `partition`, `account`, `qos`, `mem`: null leaves them to the cluster's defaults.
+    `time`: a SLURM time limit, quoted ("24:00:00", "2-00:00:00"). A job runs
+    `nodes` x `gpus_per_node` processes (one per GPU; one per node when
+    `gpus_per_node` is 0), each with `cpus_per_task` cores. Under SLURM these decide
+    each stage's devices and nodes: `runtime.devices` and `runtime.num_nodes` are for
+    local runs only. Stage 1 (K-means and one inference pass) gets one node and
+    `runtime.stage1_gpus` of the GPUs unless `stages.stage1` says otherwise. `setup`:
+    shell lines run before the stage, in the folder `clup run` was started from
+    (`module load ...`, `source .venv/bin/activate`). `python`: the
+    interpreter the jobs run clup with, default the one running `clup run` (fine when
+    it is on a shared file system); `python` alone when `setup` activates an environment.
+    `extra`: further `#SBATCH` options as written (`--constraint=a100`).
+    """
+
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    time: str | int = "24:00:00"
+    nodes: int = 1
+    gpus_per_node: int = 1
+    cpus_per_task: int = 8
+    mem: str | None = None
+    extra: list[str] = field(default_factory=list)
+    setup: list[str] = field(default_factory=list)
+    python: str | None = None
+    stages: SlurmStagesConfig = field(default_factory=SlurmStagesConfig)
+
+    def validate(self, key: str) -> None:
+        _slurm_resources(self, key)
+        if self.account is not None and not self.account.strip():
+            raise ConfigError(f"{key}.account must be a name or null, got {self.account!r}")
+        if self.python is not None and not self.python.strip():
+            raise ConfigError(f"{key}.python must be an interpreter or null, got {self.python!r}")
 
 
 @dataclass
@@ -364,6 +476,7 @@ class ExperimentConfig:
     sfda: SFDAConfig = field(default_factory=SFDAConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     output_root: str = "lightning_logs"
 
     def validate(self, key: str = "") -> None:
@@ -508,7 +621,13 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         if value is None and type(None) in options:
             return None
         inner = [o for o in options if o is not type(None)]
-        return _convert(value, inner[0], key)
+        errors = []
+        for option in inner:
+            try:
+                return _convert(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err).removeprefix(f"{key} "))
+        raise ConfigError(f"{key} {' or '.join(errors)}")
     if origin is Literal:
         allowed = typing.get_args(annotation)
         if value not in allowed:
@@ -575,6 +694,32 @@ def _fraction(value: float, key: str) -> None:
     if not 0 <= value <= 1:
         raise ConfigError(f"{key} must be in [0, 1], got {value}")
 
+
+def _slurm_resources(node: SlurmConfig | SlurmStageConfig, key: str) -> None:
+    """Checks shared by the `slurm` section and its per-stage entries; null is unset."""
+    for name in ("partition", "qos"):
+        value = getattr(node, name)
+        if value is not None and not value.strip():
+            raise ConfigError(f"{key}.{name} must be a name or null, got {value!r}")
+    # `str | int` only to say this: YAML reads an unquoted 24:00:00 as the number 86400.
+    if isinstance(node.time, int):
+        raise ConfigError(f"{key}.time must be quoted, as in \"24:00:00\" (on the command line "
+                          f"{key}.time='\"24:00:00\"'), got the number {node.time}: YAML reads "
+                          "an unquoted 24:00:00 as a base-60 number")
+    if node.time is not None and not SLURM_TIME.fullmatch(node.time):
+        raise ConfigError(f"{key}.time must be a SLURM time limit (MM, MM:SS, HH:MM:SS, D-HH, "
+                          f"D-HH:MM or D-HH:MM:SS), got {node.time!r}")
+    for name in ("nodes", "cpus_per_task"):
+        if getattr(node, name) is not None:
+            _positive(getattr(node, name), f"{key}.{name}")
+    if node.gpus_per_node is not None and node.gpus_per_node < 0:
+        raise ConfigError(f"{key}.gpus_per_node must be >= 0, got {node.gpus_per_node}")
+    if node.mem is not None and not SLURM_MEMORY.fullmatch(node.mem):
+        raise ConfigError(f"{key}.mem must be a size such as 64G or 500M, got {node.mem!r}")
+    for i, option in enumerate(node.extra):
+        if not option.startswith("-") or "\n" in option:
+            raise ConfigError(f"{key}.extra[{i}] must be one sbatch option such as "
+                              f"--constraint=a100, got {option!r}")
 
 def _folder_name(value: str, key: str) -> None:
     if not value or "/" in value or value.startswith("."):

@@ -34,31 +34,24 @@ from clup.plan import check_cluster_count, check_inputs, datasets_used
 STATUS_EVERY_S = 20.0
 
 
-def plan_devices(gpus: list[str], cpu_threads: int) -> dict[str, dict[str, str]]:
-    """Environment per stage: stage 1 takes the first GPU, stage 2 (or a baseline's
-    adaptation) the others, stage 3 all.
+def plan_devices(gpus: list[str], cpu_threads: int, stage1_gpus: int = 1
+                 ) -> dict[str, dict[str, str]]:
+    """Environment per stage: stage 1 takes the first `stage1_gpus` GPUs and stage 2 (or a
+    baseline's adaptation) the others, both at once; the source model and stage 3 take all.
 
-    With one GPU the concurrent stages share it; without GPUs they split the CPU threads.
+    When stage 1 leaves no GPU over, the concurrent stages share its GPUs; without GPUs
+    they split the CPU threads.
     """
     threads = str(max(1, cpu_threads // 2))
     all_threads = str(max(1, cpu_threads))
-    if not gpus:
-        hidden = {"CUDA_VISIBLE_DEVICES": ""}
-        return {
-            "source": {**hidden, "CLUP_THREADS": all_threads},
-            "stage1": {**hidden, "CLUP_THREADS": threads},
-            "stage2": {**hidden, "CLUP_THREADS": threads},
-            "adapt": {**hidden, "CLUP_THREADS": threads},
-            "stage3": {**hidden, "CLUP_THREADS": all_threads},
-        }
+    first = ",".join(gpus[:stage1_gpus])
+    rest = ",".join(gpus[stage1_gpus:]) or first
     every = ",".join(gpus)
     return {
         "source": {"CUDA_VISIBLE_DEVICES": every, "CLUP_THREADS": all_threads},
-        "stage1": {"CUDA_VISIBLE_DEVICES": gpus[0], "CLUP_THREADS": threads},
-        "stage2": {"CUDA_VISIBLE_DEVICES": ",".join(gpus[1:]) or gpus[0],
-                   "CLUP_THREADS": threads},
-        "adapt": {"CUDA_VISIBLE_DEVICES": ",".join(gpus[1:]) or gpus[0],
-                  "CLUP_THREADS": threads},
+        "stage1": {"CUDA_VISIBLE_DEVICES": first, "CLUP_THREADS": threads},
+        "stage2": {"CUDA_VISIBLE_DEVICES": rest, "CLUP_THREADS": threads},
+        "adapt": {"CUDA_VISIBLE_DEVICES": rest, "CLUP_THREADS": threads},
         "stage3": {"CUDA_VISIBLE_DEVICES": every, "CLUP_THREADS": all_threads},
     }
 
@@ -87,17 +80,15 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         prepare_dataset(dataset, key)
     target = read_dataset(config.require_target(), config.classes, "target")
     check_cluster_count(config, len(target["train"]))
-    env = plan_devices(visible_gpus(config), cpu_threads(config))
+    env = plan_devices(visible_gpus(config), cpu_threads(config),
+                       config.runtime.stage1_gpus)
     if config.source.checkpoint is None:
         _run_in_sequence(config, run_dir, "source", env["source"])
     active = active_stages(config)
     _run_concurrently(config, run_dir, [n for n in CONCURRENT if n in active], env)
     if "stage3" in active:
         _run_in_sequence(config, run_dir, "stage3", env["stage3"])
-    results = collect_results(config, run_dir)
-    write_json(run_dir / "results.json", results)
-    print(format_results(results))
-    return results
+    return report_results(config, run_dir)
 
 
 def _command(name: str, run_dir: Path) -> list[str]:
@@ -202,6 +193,14 @@ def _seconds(config: ExperimentConfig, run_dir: Path, name: str) -> str:
 
 METHOD_TITLES = {"clup": "CluP", "source_only": "source only", "shot": "SHOT", "nrc": "NRC",
                  "aad": "AaD", "tent": "Tent"}
+
+
+def report_results(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+    """Collect the finished stages' results into `results.json` and print them."""
+    results = collect_results(config, run_dir)
+    write_json(run_dir / "results.json", results)
+    print(format_results(results))
+    return results
 
 
 def collect_results(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:

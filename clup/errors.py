@@ -19,3 +19,7 @@ class CheckpointError(ClupError, ValueError):
 
 class StageFailed(ClupError):
     """A pipeline stage exited with an error; the message names the stage and its log."""
+
+
+class SlurmError(ClupError):
+    """`sbatch` or `squeue` is missing or refused a job; the message says what SLURM said."""

@@ -22,10 +22,12 @@ from typing import Any
 import lightning as L
 
 from clup.config import SFDA_METHODS, ExperimentConfig, config_to_dict
+from clup.distributed import is_rank_zero
 from clup.errors import ConfigError
 from clup.io import file_lock, read_json, write_json
 
 LOG_NAME = "stage.log"
+RANK_POLL_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -182,6 +184,8 @@ def run_stage(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, A
     for upstream in active_upstream(config, stage):
         if done_record(config, run_dir, upstream) is None:
             raise RuntimeError(f"{stage.title} needs {STAGES[upstream].title} to finish first")
+    if not is_rank_zero():
+        return _run_other_rank(config, run_dir, name)
     folder = stage_dir(config, run_dir, name)
     folder.mkdir(parents=True, exist_ok=True)
     waiting = (f"[clup] {stage.title}: another clup process is running it in {folder}; "
@@ -203,6 +207,25 @@ def run_stage(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, A
                   "result": result}
         write_json(folder / "done.json", record)
     return record
+
+
+def _run_other_rank(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, Any]:
+    """Rank > 0 of a multi-process stage: train beside rank 0, keep no books.
+
+    Under srun every rank starts at once, so wait until rank 0 has claimed the stage folder
+    for these settings (clearing a stale one first), or found the stage done.
+    """
+    started = stage_dir(config, run_dir, name) / "started.json"
+    current = fingerprint(config, name)
+    while True:
+        record = done_record(config, run_dir, name)
+        if record is not None:
+            return record
+        if started.is_file() and read_json(started).get("fingerprint") == current:
+            break
+        time.sleep(RANK_POLL_S)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    return {"fingerprint": current, "result": STAGES[name].run(config, run_dir)}
 
 
 def _clear_stage_folder(stage_dir: Path) -> None:

@@ -76,7 +76,7 @@ def describe_plan(config: ExperimentConfig, gpus: list[str], cpu_threads: int) -
     for key, dataset in datasets_used(config):
         lines += [f"    {key:<12} {line}" for line in _describe_data(dataset, key, config)]
     lines += [f"  source model   {_describe_source(config)}", "  stages"]
-    env = plan_devices(gpus, cpu_threads)
+    env = plan_devices(gpus, cpu_threads, config.runtime.stage1_gpus)
     for name in active_stages(config):
         state = ("done, reused" if done_record(config, config.run_dir, name) is not None
                  else "will run")

@@ -1,8 +1,13 @@
+import json
+import sys
 from pathlib import Path
 
+import pytest
+
+from clup import driver
 from clup.config import experiment_from_dict
-from clup.driver import last_progress_line, plan_devices
-from clup.pipeline import fingerprint
+from clup.driver import last_progress_line, plan_devices, visible_gpus
+from clup.pipeline import fingerprint, stage_dir
 from tests.conftest import tiny_experiment
 
 
@@ -45,3 +50,68 @@ def test_fingerprints_follow_only_relevant_settings(tmp_path: Path) -> None:
 
     swav = experiment_from_dict({**base, "swav": {**base["swav"], "epochs": 3}})
     assert {s for s in prints if fingerprint(swav, s) != prints[s]} == {"stage2", "stage3"}
+
+
+def test_gpu_plan_takes_the_configured_number_of_gpus_for_stage1() -> None:
+    plan = plan_devices(["0", "1", "2", "3"], cpu_threads=16, stage1_gpus=2)
+    assert plan["stage1"]["CUDA_VISIBLE_DEVICES"] == "0,1"
+    assert plan["stage2"]["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert plan["adapt"]["CUDA_VISIBLE_DEVICES"] == "2,3"
+    assert plan["stage3"]["CUDA_VISIBLE_DEVICES"] == "0,1,2,3"
+    # Nothing left for stage 2: it shares stage 1's GPUs rather than falling back to the CPU.
+    greedy = plan_devices(["0", "1"], cpu_threads=16, stage1_gpus=4)
+    assert greedy["stage2"]["CUDA_VISIBLE_DEVICES"] == "0,1"
+
+
+FAKE_STAGE = """
+import json, os, sys, time
+from pathlib import Path
+name, folder, record, partner = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
+marks = record.parent
+(marks / f"{name}.env").write_text(os.environ["CUDA_VISIBLE_DEVICES"])
+(marks / f"{name}.started").write_text(str(time.time()))
+deadline = time.time() + 30
+while partner != "-" and not (marks / f"{partner}.started").exists():
+    if time.time() > deadline:
+        sys.exit(3)
+    time.sleep(0.05)
+(marks / f"{name}.ended").write_text(str(time.time()))
+folder.mkdir(parents=True, exist_ok=True)
+(folder / "done.json").write_text(record.read_text())
+"""
+
+
+def test_driver_starts_stages_with_their_gpus_and_runs_1_and_2_at_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A fake device list: each stage process must see its own CUDA_VISIBLE_DEVICES, and
+    stages 1 and 2 must be running at the same time (each waits until the other started)."""
+    config = experiment_from_dict(tiny_experiment(
+        tmp_path, runtime={"accelerator": "auto", "num_workers": 0, "stage1_gpus": 1}))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    gpus = visible_gpus(config)
+    assert gpus == ["4", "5", "6"]
+    env = plan_devices(gpus, cpu_threads=4, stage1_gpus=config.runtime.stage1_gpus)
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = tmp_path / "fake_stage.py"
+    script.write_text(FAKE_STAGE)
+    partners = {"stage1": "stage2", "stage2": "stage1", "stage3": "-"}
+
+    def command(name: str, run_dir: Path) -> list[str]:
+        record = marks / f"{name}.record.json"
+        record.write_text(json.dumps({"fingerprint": fingerprint(config, name), "seconds": 1.0}))
+        return [sys.executable, str(script), name, str(stage_dir(config, run_dir, name)),
+                str(record), partners[name]]
+
+    monkeypatch.setattr(driver, "_command", command)
+    run_dir = config.run_dir
+    driver._run_concurrently(config, run_dir, ["stage1", "stage2"], env)
+    driver._run_in_sequence(config, run_dir, "stage3", env["stage3"])
+
+    seen = {name: (marks / f"{name}.env").read_text() for name in partners}
+    assert seen == {"stage1": "4", "stage2": "5,6", "stage3": "4,5,6"}
+    times = {name: {event: float((marks / f"{name}.{event}").read_text())
+                    for event in ("started", "ended")} for name in partners}
+    assert times["stage1"]["started"] < times["stage2"]["ended"]
+    assert times["stage2"]["started"] < times["stage1"]["ended"]
+    assert times["stage3"]["started"] >= max(times["stage1"]["ended"], times["stage2"]["ended"])

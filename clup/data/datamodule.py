@@ -23,11 +23,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from clup.config import DatasetConfig, PreprocessingConfig, SwAVConfig
+from clup.config import DatasetConfig, PreprocessingConfig, RuntimeConfig, SwAVConfig
 from clup.data.datasets import prepare_dataset, read_dataset
 from clup.data.manifest import ImageTable
 from clup.data.transforms import MultiCrop, eval_transform, train_transform
 from clup.errors import ManifestError
+from clup.speed import to_channels_last
 
 TrainViews = Literal["labels", "unlabelled", "multicrop", "pseudo_labels"]
 
@@ -96,6 +97,9 @@ def read_selected_pseudo_labels(path: Path, table: ImageTable) -> tuple[np.ndarr
 
 
 class DomainDataModule(L.LightningDataModule):
+    """A domain's splits and loaders; `runtime` sets the loaders' workers and memory format
+    (default: read in the main process)."""
+
     def __init__(
         self,
         dataset: DatasetConfig,
@@ -104,7 +108,7 @@ class DomainDataModule(L.LightningDataModule):
         *,
         batch_size: int = 64,
         eval_batch_size: int = 256,
-        num_workers: int = 0,
+        runtime: RuntimeConfig | None = None,
         train_views: TrainViews = "labels",
         swav: SwAVConfig | None = None,
         pseudo_labels: Path | None = None,
@@ -118,7 +122,7 @@ class DomainDataModule(L.LightningDataModule):
         self.preprocessing = preprocessing
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
-        self.num_workers = num_workers
+        self.runtime = runtime or RuntimeConfig(num_workers=0)
         self.train_views = train_views
         self.swav = swav
         self.pseudo_labels = pseudo_labels
@@ -176,13 +180,26 @@ class DomainDataModule(L.LightningDataModule):
         dataset = ImageDataset(self.test_table, eval_transform(self.preprocessing))
         return self._loader(dataset, self.eval_batch_size, shuffle=False)
 
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return to_channels_last(batch) if self.runtime.channels_last else batch
+
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
             drop_last=shuffle and len(dataset) > batch_size,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            pin_memory=torch.cuda.is_available(),
+            **loader_options(self.runtime),
         )
+
+
+def loader_options(runtime: RuntimeConfig) -> dict[str, Any]:
+    """DataLoader settings of `runtime`; the worker settings only when there are workers."""
+    pin_memory = runtime.pin_memory
+    if pin_memory is None:
+        pin_memory = runtime.accelerator != "cpu" and torch.cuda.is_available()
+    options: dict[str, Any] = {"num_workers": runtime.num_workers, "pin_memory": pin_memory}
+    if runtime.num_workers:
+        options.update(persistent_workers=runtime.persistent_workers,
+                       prefetch_factor=runtime.prefetch_factor)
+    return options

@@ -25,6 +25,12 @@ def _check_matrix(name: str, x: Tensor, rows: int | None = None) -> None:
         raise ValueError(f"{name} must be {expected}, got shape {tuple(x.shape)}.")
 
 
+def _at_least_float32(x: Tensor) -> Tensor:
+    """bf16 or fp16 logits in float32: CPU autocast would keep their softmax in bf16, too
+    coarse for entropies."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _check_progress(progress: float) -> None:
     if isinstance(progress, bool) or not isinstance(progress, Real) or not 0 <= progress <= 1:
         raise ValueError(f"progress must be a number in [0, 1], got {progress!r}.")
@@ -72,6 +78,7 @@ def tent_loss(logits: Tensor) -> Tensor:
     As in Tent's code the log is ``log_softmax(z)``, exact and without eps.
     """
     _check_matrix("logits", logits)
+    logits = _at_least_float32(logits)
     return -(logits.softmax(dim=1) * logits.log_softmax(dim=1)).sum(dim=1).mean()
 
 
@@ -83,7 +90,7 @@ def information_maximization(logits: Tensor, eps: float = 1e-5) -> Tensor:
     the batch (second term large). Lies in ``[-log C, log C]`` up to eps.
     """
     _check_matrix("logits", logits)
-    probs = logits.softmax(dim=1)
+    probs = _at_least_float32(logits).softmax(dim=1)
     return entropy(probs, eps).mean() - entropy(probs.mean(dim=0), eps)
 
 

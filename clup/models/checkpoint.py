@@ -41,6 +41,7 @@ class Classifier(nn.Module):
             raise ValueError(f"head must be one of {list(HEADS)}, got {head!r}")
         self.backbone = backbone
         self.head_kind = head
+        self.num_classes = num_classes
         if head == "shot":
             self.bottleneck: nn.Module = nn.Sequential(
                 nn.Linear(backbone.out_dim, SHOT_BOTTLENECK_DIM),

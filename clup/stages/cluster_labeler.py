@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,14 +18,15 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
-from sklearn.cluster import KMeans
 
+from clup import features
 from clup.config import ClusterLabelerConfig, ExperimentConfig, OptimizerConfig
 from clup.data.datamodule import DomainDataModule
 from clup.data.manifest import ImageTable
 from clup.diagnostics import plot_diagnostics, pseudo_label_diagnostics
 from clup.errors import ConfigError
 from clup.io import write_json, write_text
+from clup.kmeans import fit_kmeans
 from clup.models.checkpoint import Classifier, LoadedClassifier, load_classifier
 from clup.pipeline import stage_dir
 from clup.pseudo_labels import (
@@ -36,7 +38,7 @@ from clup.pseudo_labels import (
     select_by_threshold,
     select_top_ratio,
 )
-from clup.stages.common import ClassifierModule, collect, evaluate, finish_loggers, make_trainer
+from clup.stages.common import ClassifierModule, evaluate, finish_loggers, make_trainer
 
 
 @dataclass(frozen=True)
@@ -51,25 +53,55 @@ class PseudoLabels:
     pseudo_label: np.ndarray
     selected: np.ndarray
     inertia: float
+    kmeans_backend: str
 
 
 class ClusterLabeler(L.LightningModule):
-    def __init__(self, model: Classifier, config: ClusterLabelerConfig, seed: int) -> None:
+    """The predict pass writes each image's normalised embedding and softmax to disk
+    (`clup.features`), in index order whichever rank saw it; `pseudo_label` then clusters
+    and labels them."""
+
+    def __init__(self, model: Classifier, config: ClusterLabelerConfig, seed: int,
+                 feature_dir: Path, num_samples: int) -> None:
         super().__init__()
         self.model = model
         self.config = config
         self.seed = seed
+        self.feature_dir = feature_dir
+        self.num_samples = num_samples
+        self.num_classes = model.num_classes
+        self.feature_dim = model.backbone.out_dim + int(config.append_one)
+        self._shard: features.ShardWriter | None = None
 
-    def predict_step(self, batch: Any, batch_idx: int) -> dict[str, torch.Tensor]:
+    @property
+    def features_complete(self) -> bool:
+        return features.is_complete(self.feature_dir, self.num_samples, self.feature_dim,
+                                    self.num_classes)
+
+    def on_predict_start(self) -> None:
+        self._shard = features.ShardWriter(self.feature_dir, self.global_rank)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> None:
         images, _, index = batch
         embedding, logits = self.model(images)
-        return {
-            "index": index.cpu(),
-            "embedding": embedding.float().cpu(),
-            "probs": torch.softmax(logits.float(), dim=1).cpu(),
-        }
+        assert self._shard is not None
+        self._shard.append(
+            index.cpu().numpy(),
+            normalize_embeddings(embedding.float().cpu().numpy(), self.config.append_one),
+            torch.softmax(logits.float(), dim=1).cpu().numpy(),
+        )
+
+    def on_predict_end(self) -> None:
+        assert self._shard is not None
+        self._shard.close()
+        self.trainer.strategy.barrier("stage1 features written")
+        if self.trainer.is_global_zero:
+            features.assemble(self.feature_dir, self.trainer.world_size, self.num_samples,
+                              self.feature_dim, self.num_classes)
+        self.trainer.strategy.barrier("stage1 features assembled")
 
     def pseudo_label(self, embeddings: np.ndarray, probs: np.ndarray) -> PseudoLabels:
+        """Cluster the normalised embeddings [N, D] and label every image from its cluster."""
         config = self.config
         num_classes = probs.shape[1]
         if config.num_clusters > len(embeddings):
@@ -78,10 +110,10 @@ class ClusterLabeler(L.LightningModule):
                 f"target train images ({len(embeddings)})"
             )
         predictions = probs.argmax(axis=1)
-        features = normalize_embeddings(embeddings, append_one=config.append_one)
-        kmeans = KMeans(n_clusters=config.num_clusters, n_init=config.kmeans_n_init,
-                        max_iter=config.kmeans_max_iter, random_state=self.seed)
-        clusters = kmeans.fit_predict(features).astype(np.int64)
+        kmeans = fit_kmeans(embeddings, config.num_clusters, seed=self.seed,
+                            backend=config.kmeans_backend, max_iter=config.kmeans_max_iter,
+                            n_init=config.kmeans_n_init, progress=True)
+        clusters = kmeans.assignments
         votes = cluster_purity(clusters, predictions, config.num_clusters, num_classes)
         cluster_label, purity = assign_pseudo_labels(clusters, votes)
         confidence = probs.max(axis=1)
@@ -94,7 +126,7 @@ class ClusterLabeler(L.LightningModule):
         else:
             selected = select_by_threshold(scores, config.purity_threshold, eligible)
         return PseudoLabels(clusters, predictions, confidence, cluster_label, purity, pseudo,
-                            selected, float(kmeans.inertia_))
+                            selected, kmeans.inertia, kmeans.backend)
 
 
 def pseudo_label_csv(table: ImageTable, labels: PseudoLabels) -> str:
@@ -114,36 +146,33 @@ def pseudo_label_csv(table: ImageTable, labels: PseudoLabels) -> str:
 
 
 def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
-    """Write `stage1/pseudo_labels.csv`, `summary.json` and the source model's target metrics."""
+    """Write `stage1/pseudo_labels.csv`, `summary.json` and the source model's target metrics.
+
+    Every rank embeds its share of the images; rank 0 clusters and writes the tables."""
     stage_dir = run_dir / "stage1"
     source = load_source(config, run_dir)
     datamodule = DomainDataModule(
         config.require_target(), config.classes, source.preprocessing,
         eval_batch_size=config.cluster_labeler.batch_size,
-        num_workers=config.runtime.num_workers,
+        runtime=config.runtime,
     )
     datamodule.prepare_data()
     datamodule.setup()
-    labeler = ClusterLabeler(source.model, config.cluster_labeler, config.seed)
-    trainer = make_trainer(config, stage_dir, "stage1")
-    outputs = trainer.predict(labeler, datamodule=datamodule)
-    order = np.argsort(collect(outputs, "index"))
-    labels = labeler.pseudo_label(collect(outputs, "embedding")[order],
-                                  collect(outputs, "probs")[order])
     table = datamodule.train_table
-    write_text(stage_dir / "pseudo_labels.csv", pseudo_label_csv(table, labels))
-    summary = pseudo_label_summary(labels.pseudo_label, labels.selected, len(config.classes),
-                                   table.labels if table.has_labels else None)
-    summary.update(num_clusters=config.cluster_labeler.num_clusters,
-                   kmeans_inertia=labels.inertia,
-                   empty_clusters=int(config.cluster_labeler.num_clusters
-                                      - len(np.unique(labels.cluster))))
-    if table.has_labels:
-        summary.update(_diagnose(labels, table.labels, len(config.classes), stage_dir))
-    write_json(stage_dir / "summary.json", summary)
+    labeler = ClusterLabeler(source.model, config.cluster_labeler, config.seed,
+                             stage_dir / "features", len(table))
+    trainer = make_trainer(config, stage_dir, "stage1")
+    if not labeler.features_complete:
+        trainer.predict(labeler, datamodule=datamodule, return_predictions=False)
+    summary: dict[str, Any] = {}
+    if trainer.is_global_zero:
+        summary = _label_and_write(config, labeler, table, stage_dir)
 
     source_eval = ClassifierModule(source.model, config.classes, OptimizerConfig())
     source_on_target = evaluate(trainer, source_eval, datamodule)
+    if not trainer.is_global_zero:
+        finish_loggers(trainer)
+        return {}
     write_json(stage_dir / "source_on_target.json", source_on_target)
     plot = stage_dir / "pseudo_labels.png"
     for logger in trainer.loggers:
@@ -158,6 +187,27 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         "num_selected": summary["num_selected"],
         "source_on_target_accuracy": source_on_target["accuracy"],
     }
+
+
+def _label_and_write(config: ExperimentConfig, labeler: ClusterLabeler, table: ImageTable,
+                     stage_dir: Path) -> dict[str, Any]:
+    """Cluster, label and select; write `pseudo_labels.csv` and `summary.json`."""
+    begin = time.perf_counter()
+    embeddings, probs = features.load(labeler.feature_dir)
+    labels = labeler.pseudo_label(embeddings, probs)
+    seconds = time.perf_counter() - begin
+    write_text(stage_dir / "pseudo_labels.csv", pseudo_label_csv(table, labels))
+    summary = pseudo_label_summary(labels.pseudo_label, labels.selected, len(config.classes),
+                                   table.labels if table.has_labels else None)
+    summary.update(num_clusters=config.cluster_labeler.num_clusters,
+                   kmeans_inertia=labels.inertia, kmeans_backend=labels.kmeans_backend,
+                   labelling_seconds=round(seconds, 2),
+                   empty_clusters=int(config.cluster_labeler.num_clusters
+                                      - len(np.unique(labels.cluster))))
+    if table.has_labels:
+        summary.update(_diagnose(labels, table.labels, len(config.classes), stage_dir))
+    write_json(stage_dir / "summary.json", summary)
+    return summary
 
 
 def _diagnose(labels: PseudoLabels, truth: np.ndarray, num_classes: int, stage_dir: Path

@@ -22,9 +22,11 @@ from clup.config import (
     config_to_dict,
 )
 from clup.data.datamodule import DomainDataModule
+from clup.distributed import device_layout
 from clup.evaluation import classification_metrics
 from clup.io import write_json
 from clup.models.checkpoint import Classifier, save_classifier
+from clup.speed import SpeedSettings
 
 
 def configure_optimizer(
@@ -79,21 +81,34 @@ class ClassifierModule(L.LightningModule):
         self._test_outputs = []
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        images, labels, _ = batch
-        self._test_outputs.append((self(images).argmax(dim=1).cpu(), labels.cpu()))
+        images, labels, indices = batch
+        self._test_outputs.append(torch.stack([self(images).argmax(dim=1), labels, indices]))
 
     def on_test_epoch_end(self) -> None:
-        predictions = torch.cat([p for p, _ in self._test_outputs]).numpy()
-        labels = torch.cat([lab for _, lab in self._test_outputs]).numpy()
-        self.test_metrics = classification_metrics(predictions, labels, self.classes)
-        self.log("test/accuracy", self.test_metrics["accuracy"])
+        """Metrics over the whole test split, whichever rank scored which image."""
+        local = (torch.cat(self._test_outputs, dim=1) if self._test_outputs
+                 else torch.zeros(3, 0, dtype=torch.long, device=self.device))
+        predictions, labels, indices = gather_rows(self, local.T).T.cpu().numpy()
+        # DDP's sampler pads the split with repeats so every rank gets as many images.
+        _, first = np.unique(indices, return_index=True)
+        self.test_metrics = classification_metrics(predictions[first], labels[first],
+                                                   self.classes)
+        self.log("test/accuracy", self.test_metrics["accuracy"], rank_zero_only=True)
 
     def log_train(self, loss: torch.Tensor, batch_size: int, **extra: float) -> None:
-        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size)
+        """Training metrics, averaged over the ranks when several train."""
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch_size, sync_dist=True)
         for name, value in extra.items():
-            self.log(f"train/{name}", value, batch_size=batch_size)
+            self.log(f"train/{name}", value, batch_size=batch_size, sync_dist=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"],
                  batch_size=batch_size)
+
+
+def gather_rows(module: L.LightningModule, rows: torch.Tensor) -> torch.Tensor:
+    """Every rank's rows, concatenated (each rank must hold as many); the rows alone when
+    one process runs."""
+    gathered = module.all_gather(rows)
+    return gathered.flatten(0, 1) if module.trainer.world_size > 1 else gathered
 
 
 def wandb_mode(config: WandbConfig) -> str:
@@ -162,14 +177,24 @@ def make_trainer(
     max_epochs: int = 1,
     steps_per_epoch: int = 50,
 ) -> L.Trainer:
-    """A trainer logging to the stage folder, keeping `checkpoints/last.ckpt` for resuming."""
+    """A trainer logging to the stage folder, keeping `checkpoints/last.ckpt` for resuming.
+
+    Several devices or nodes train with DDP (Lightning's choice for `strategy: auto`);
+    under SLURM, Lightning reads the ranks from srun's environment.
+    """
+    runtime = config.runtime
+    devices, num_nodes = device_layout(runtime)
     return L.Trainer(
-        accelerator=config.runtime.accelerator,
-        devices=1,
-        precision=resolve_precision(config.runtime.precision, config.runtime.accelerator),
+        accelerator=runtime.accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=runtime.strategy,
+        sync_batchnorm=runtime.sync_batchnorm,
+        precision=resolve_precision(runtime.precision, runtime.accelerator),
         max_epochs=max_epochs,
         logger=make_loggers(config, stage_dir, stage),
-        callbacks=[ResumeCheckpoint(stage_dir / "checkpoints" / "last.ckpt")],
+        callbacks=[ResumeCheckpoint(stage_dir / "checkpoints" / "last.ckpt"),
+                   SpeedSettings(runtime)],
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
         default_root_dir=stage_dir,
         num_sanity_val_steps=0,
@@ -185,13 +210,20 @@ def fit_stage(
     datamodule: DomainDataModule,
     epochs: int,
 ) -> L.Trainer:
-    """Read the data, then fit, continuing from the last epoch checkpoint when one exists."""
+    """Read the data, then fit, continuing from the latest checkpoint when one exists."""
     datamodule.prepare_data()
     datamodule.setup()
     trainer = make_trainer(config, stage_dir, stage, epochs, len(datamodule.train_dataloader()))
-    last = stage_dir / "checkpoints" / "last.ckpt"
-    trainer.fit(module, datamodule=datamodule, ckpt_path=str(last) if last.is_file() else None)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(stage_dir))
     return trainer
+
+
+def resume_checkpoint(stage_dir: Path) -> str | None:
+    """The newest of the epoch checkpoint and the ones Lightning saves when SLURM signals
+    a job before its time limit or preemption (`hpc_ckpt_*.ckpt`, then requeued)."""
+    found = [p for p in [stage_dir / "checkpoints" / "last.ckpt",
+                         *stage_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
 
 
 def finish_loggers(trainer: L.Trainer) -> None:
@@ -203,9 +235,12 @@ def finish_loggers(trainer: L.Trainer) -> None:
         wandb.finish()
 
 
-def remove_checkpoints(stage_dir: Path) -> None:
+def remove_checkpoints(trainer: L.Trainer, stage_dir: Path) -> None:
     """Resume checkpoints are only useful until the stage's own artifact is written."""
-    shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
+    if trainer.is_global_zero:
+        shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
+        for hpc in stage_dir.glob("hpc_ckpt_*.ckpt"):
+            hpc.unlink()
 
 
 def fit_and_evaluate(
@@ -220,13 +255,14 @@ def fit_and_evaluate(
     """Train (resuming if interrupted), evaluate on the test split, save the classifier."""
     trainer = fit_stage(config, stage_dir, stage, module, datamodule, epochs)
     metrics = evaluate(trainer, module, datamodule)
-    save_classifier(
-        stage_dir / "model.ckpt", module.model, module.classes, backbone,
-        datamodule.preprocessing, metadata={"test": metrics, "stage": stage},
-    )
-    write_json(stage_dir / "metrics.json", metrics)
+    if trainer.is_global_zero:
+        save_classifier(
+            stage_dir / "model.ckpt", module.model, module.classes, backbone,
+            datamodule.preprocessing, metadata={"test": metrics, "stage": stage},
+        )
+        write_json(stage_dir / "metrics.json", metrics)
     finish_loggers(trainer)
-    remove_checkpoints(stage_dir)
+    remove_checkpoints(trainer, stage_dir)
     return metrics
 
 
@@ -241,7 +277,3 @@ def evaluate(trainer: L.Trainer, module: ClassifierModule, datamodule: DomainDat
                 "note": "no labels to evaluate: some test images have no label"}
     trainer.test(module, datamodule=datamodule, verbose=False)
     return module.test_metrics
-
-
-def collect(outputs: list[dict[str, torch.Tensor]], key: str) -> np.ndarray:
-    return torch.cat([o[key] for o in outputs]).numpy()

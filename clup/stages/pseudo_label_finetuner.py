@@ -4,6 +4,7 @@ The backbone may come from elsewhere for ablations (`finetune.init`)."""
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from clup.models.backbones import Backbone, build_backbone
 from clup.models.checkpoint import Classifier, load_backbone, load_classifier
 from clup.pipeline import stage_dir
 from clup.stages.cluster_labeler import source_checkpoint
-from clup.stages.common import ClassifierModule, fit_and_evaluate
+from clup.stages.common import ClassifierModule, fit_and_evaluate, gather_rows
 
 
 class PseudoLabelFinetuner(ClassifierModule):
@@ -28,6 +29,16 @@ class PseudoLabelFinetuner(ClassifierModule):
         super().__init__(model, classes, optimizer)
         self.mixup_alpha = mixup_alpha
         self.generator = torch.Generator().manual_seed(seed)
+
+    def on_train_start(self) -> None:
+        """Each rank reads stage 1's table itself: check they all train on one subset."""
+        dataset = self.trainer.train_dataloader.dataset
+        labels = dataset.table.labels[dataset.indices]
+        digest = hashlib.sha256(dataset.indices.tobytes() + labels.tobytes()).digest()
+        mine = torch.tensor(int.from_bytes(digest[:7], "big"), device=self.device)
+        if (gather_rows(self, mine[None]) != mine).any():
+            raise RuntimeError("the ranks read different pseudo-labelled subsets from "
+                               "stage 1's table; was it rewritten during stage 3?")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         images, pseudo_labels, _ = batch
@@ -57,7 +68,7 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
                                   config.finetune.mixup_alpha, config.seed)
     datamodule = DomainDataModule(
         config.require_target(), config.classes, preprocessing,
-        batch_size=config.finetune.batch_size, num_workers=config.runtime.num_workers,
+        batch_size=config.finetune.batch_size, runtime=config.runtime,
         train_views="pseudo_labels", pseudo_labels=run_dir / "stage1" / "pseudo_labels.csv",
         color_jitter=config.finetune.color_jitter,
     )

@@ -34,7 +34,7 @@ from clup.losses.sfda import (
 )
 from clup.models.checkpoint import Classifier
 from clup.stages.cluster_labeler import load_source
-from clup.stages.common import ClassifierModule, fit_and_evaluate
+from clup.stages.common import ClassifierModule, fit_and_evaluate, gather_rows
 
 
 class SFDAAdapter(ClassifierModule):
@@ -162,8 +162,10 @@ class NeighbourhoodAdapter(SFDAAdapter):
         # The banks are float32 whatever the precision; the loss multiplies probs with them.
         probs = self.model.head(features).float().softmax(dim=1)
         with torch.no_grad():
-            self.feature_bank[indices] = F.normalize(features.float(), dim=1)
-            self.score_bank[indices] = probs
+            # Every rank writes every rank's batch, so the banks stay identical across ranks.
+            written = gather_rows(self, indices)
+            self.feature_bank[written] = gather_rows(self, F.normalize(features.float(), dim=1))
+            self.score_bank[written] = gather_rows(self, probs.detach())
         return self.neighbourhood_loss(probs, indices)
 
     def neighbourhood_loss(self, probs: Tensor, indices: Tensor) -> Tensor:
@@ -245,7 +247,7 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     module = adapter(source.model, config.classes, config.sfda)
     datamodule = DomainDataModule(
         config.require_target(), config.classes, source.preprocessing,
-        batch_size=config.sfda.batch_size, num_workers=config.runtime.num_workers,
+        batch_size=config.sfda.batch_size, runtime=config.runtime,
         train_views="unlabelled", color_jitter=0.0,
     )
     metrics = fit_and_evaluate(config, run_dir / "adapt", "adapt", module, datamodule,

@@ -40,7 +40,7 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         raise ValueError("source.data is required to train a source model")
     datamodule = DomainDataModule(
         source.data, config.classes, source.preprocessing,
-        batch_size=source.batch_size, num_workers=config.runtime.num_workers,
+        batch_size=source.batch_size, runtime=config.runtime,
         color_jitter=source.color_jitter, key="source.data",
     )
     backbone = build_backbone(source.backbone)

@@ -44,6 +44,8 @@ class SwAVPretrainer(L.LightningModule):
             temperature=config.temperature,
             sinkhorn_iterations=config.sinkhorn_iterations,
             sinkhorn_epsilon=config.sinkhorn_epsilon,
+            # With several ranks the codes are computed over the global batch, as in SwAV.
+            sinkhorn_gather_distributed=True,
         )
         # One queue per global crop, as in SwAV: small batches get more samples for Sinkhorn.
         self.queues = nn.ModuleList(
@@ -57,6 +59,14 @@ class SwAVPretrainer(L.LightningModule):
         projections = self.projection_head(self.backbone(torch.cat(views)))
         return F.normalize(projections, dim=1)
 
+    def scores(self, z: torch.Tensor) -> torch.Tensor:
+        """Prototype scores outside autocast, at the prototypes' precision: Sinkhorn's
+        `exp(score / epsilon)` would turn bf16's rounding of the scores into codes off by
+        several per cent."""
+        dtype = next(self.prototypes.parameters()).dtype
+        with torch.autocast(self.device.type, enabled=False):
+            return self.prototypes(z.to(dtype))
+
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         views, _, _ = batch
         self.prototypes.normalize()
@@ -65,11 +75,11 @@ class SwAVPretrainer(L.LightningModule):
         local_views = views[n_global:]
         local_z = self.embed(local_views).chunk(len(local_views)) if local_views else ()
         loss = self.criterion(
-            high_resolution_outputs=[self.prototypes(z) for z in global_z],
-            low_resolution_outputs=[self.prototypes(z) for z in local_z],
+            high_resolution_outputs=[self.scores(z) for z in global_z],
+            low_resolution_outputs=[self.scores(z) for z in local_z],
             queue_outputs=self._queue_outputs(global_z),
         )
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(global_z[0]))
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(global_z[0]), sync_dist=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"],
                  batch_size=len(global_z[0]))
         return loss
@@ -82,7 +92,7 @@ class SwAVPretrainer(L.LightningModule):
         if self.current_epoch < self.config.queue_start_epoch:
             return None
         with torch.no_grad():
-            return [self.prototypes(bank) for bank in banks]
+            return [self.scores(bank) for bank in banks]
 
     def on_after_backward(self) -> None:
         # SwAV keeps the prototypes fixed for the first epoch(s) so the codes can settle.
@@ -99,14 +109,16 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     folder = stage_dir(config, run_dir, "stage2")
     datamodule = DomainDataModule(
         config.require_target(), config.classes, config.preprocessing,
-        batch_size=config.swav.batch_size, num_workers=config.runtime.num_workers,
+        batch_size=config.swav.batch_size, runtime=config.runtime,
         train_views="multicrop", swav=config.swav,
     )
     module = SwAVPretrainer(build_backbone(config.backbone), config.swav)
     trainer = fit_stage(config, folder, "stage2", module, datamodule, config.swav.epochs)
-    save_backbone(folder / "backbone.ckpt", module.backbone, config.backbone)
     final_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
-    write_json(folder / "metrics.json", {"final_loss": final_loss, "epochs": config.swav.epochs})
+    if trainer.is_global_zero:
+        save_backbone(folder / "backbone.ckpt", module.backbone, config.backbone)
+        write_json(folder / "metrics.json",
+                   {"final_loss": final_loss, "epochs": config.swav.epochs})
     finish_loggers(trainer)
-    remove_checkpoints(folder)
+    remove_checkpoints(trainer, folder)
     return {"final_loss": final_loss}
