@@ -308,9 +308,10 @@ class SFDAConfig:
                 raise ConfigError(f"{key}.{name} must be >= 0, got {getattr(self, name)}")
 
 
-STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true", "ddp_spawn", "fsdp",
-              "deepspeed")
-"""Lightning strategy names a run may ask for; `auto` is DDP when there are several devices."""
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")
+"""Lightning strategies the stages support; `auto` is DDP when there are several devices.
+(`ddp_spawn` would leave the test metrics in the workers; sharded strategies would need
+every rank to save the model.)"""
 
 METHODS = ("clup", "source_only", "shot", "nrc", "aad", "tent")
 SFDA_METHODS = ("shot", "nrc", "aad", "tent")

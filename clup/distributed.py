@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 
+from lightning.fabric.plugins.environments import ClusterEnvironment, LightningEnvironment
+
 from clup.config import RuntimeConfig
 from clup.errors import ConfigError
 
@@ -18,6 +20,8 @@ RANK_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK")
 DEVICES_VARIABLE = "CLUP_DEVICES"
 NODES_VARIABLE = "CLUP_NUM_NODES"
 """Set by a SLURM job script: the job's resources decide a stage's layout there."""
+LAUNCHER_VARIABLE = "CLUP_LAUNCHER"
+"""`local` in the stage processes `clup run` starts (and the ranks Lightning starts from them)."""
 
 
 def is_rank_zero() -> bool:
@@ -48,3 +52,26 @@ def _positive_int(name: str) -> int:
         raise ConfigError(f"environment variable {name} must be a positive integer, "
                           f"got {value!r}")
     return int(value)
+
+
+def cluster_environment() -> list[ClusterEnvironment] | None:
+    """Lightning's local environment for the stages `clup run` starts itself.
+
+    Inside a SLURM allocation (`sbatch --wrap "clup run ..."`, say) Lightning would
+    otherwise read srun's ranks, which no srun set, and wait for ranks that never start.
+    Stages started by srun or torchrun keep Lightning's detection.
+    """
+    if os.environ.get(LAUNCHER_VARIABLE) == "local":
+        return [LightningEnvironment()]
+    return None
+
+
+def launch_id() -> str | None:
+    """What every rank of one launch shares and the next launch does not: a SLURM job and
+    its requeue count, or torchrun's run id; None for Lightning's own launcher, whose
+    ranks start only after rank 0 has claimed the stage."""
+    if os.environ.get("SLURM_JOB_ID"):
+        return f"slurm:{os.environ['SLURM_JOB_ID']}.{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+    if os.environ.get("TORCHELASTIC_RUN_ID"):
+        return f"torchrun:{os.environ['TORCHELASTIC_RUN_ID']}"
+    return None

@@ -19,6 +19,7 @@ from typing import Any
 
 from clup.config import ExperimentConfig, dump_yaml
 from clup.data.datasets import prepare_dataset, read_dataset
+from clup.distributed import LAUNCHER_VARIABLE
 from clup.errors import StageFailed
 from clup.io import read_json, write_json, write_text
 from clup.pipeline import (
@@ -103,7 +104,7 @@ def _die_with_parent() -> None:
 
 def _start(name: str, run_dir: Path, extra_env: dict[str, str], log: Path | None
            ) -> subprocess.Popen:
-    env = {**os.environ, **extra_env}
+    env = {**os.environ, **extra_env, LAUNCHER_VARIABLE: "local"}
     output = None
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)

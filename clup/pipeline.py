@@ -22,7 +22,7 @@ from typing import Any
 import lightning as L
 
 from clup.config import SFDA_METHODS, ExperimentConfig, config_to_dict
-from clup.distributed import is_rank_zero
+from clup.distributed import is_rank_zero, launch_id
 from clup.errors import ConfigError
 from clup.io import file_lock, read_json, write_json
 
@@ -199,7 +199,7 @@ def run_stage(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, A
         started = folder / "started.json"
         if started.is_file() and read_json(started).get("fingerprint") != current:
             _clear_stage_folder(folder)
-        write_json(started, {"fingerprint": current})
+        write_json(started, {"fingerprint": current, "launch": launch_id()})
         begin = time.perf_counter()
         L.seed_everything(config.seed, workers=True, verbose=False)
         result = stage.run(config, run_dir)
@@ -212,20 +212,21 @@ def run_stage(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, A
 def _run_other_rank(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, Any]:
     """Rank > 0 of a multi-process stage: train beside rank 0, keep no books.
 
-    Under srun every rank starts at once, so wait until rank 0 has claimed the stage folder
-    for these settings (clearing a stale one first), or found the stage done.
+    Under srun every rank starts at once, so wait until this launch's rank 0 has claimed
+    the stage folder for these settings (clearing a stale one first; another job sharing
+    the folder may hold it meanwhile), or the stage is done.
     """
     started = stage_dir(config, run_dir, name) / "started.json"
-    current = fingerprint(config, name)
+    claim = {"fingerprint": fingerprint(config, name), "launch": launch_id()}
     while True:
         record = done_record(config, run_dir, name)
         if record is not None:
             return record
-        if started.is_file() and read_json(started).get("fingerprint") == current:
+        if started.is_file() and read_json(started) == claim:
             break
         time.sleep(RANK_POLL_S)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    return {"fingerprint": current, "result": STAGES[name].run(config, run_dir)}
+    return {"fingerprint": claim["fingerprint"], "result": STAGES[name].run(config, run_dir)}
 
 
 def _clear_stage_folder(stage_dir: Path) -> None:

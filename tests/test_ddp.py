@@ -14,8 +14,10 @@ import pytest
 import yaml
 
 from clup.config import experiment_from_dict
+from clup.models.backbones import build_backbone
 from clup.models.checkpoint import load_classifier
 from clup.pipeline import run_stage
+from clup.stages.swav_pretrainer import SwAVPretrainer
 from tests.conftest import tiny_experiment
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="DDP tests run on Linux CI")
@@ -77,7 +79,9 @@ def test_stage1_in_two_processes_writes_the_same_tables_as_one(trained) -> None:
 
 def test_swav_and_stage3_train_in_two_processes(trained) -> None:
     root, experiment = trained
-    run_dir = run_folder(root, "ddp-2", experiment, 2)
+    # With SwAV's queues on from the first epoch: each rank keeps its own.
+    swav = {**experiment["swav"], "queue_length": 32, "queue_start_epoch": 0}
+    run_dir = run_folder(root, "ddp-2", {**experiment, "swav": swav}, 2)
     for name in ("stage1", "stage2", "stage3"):
         result = stage(name, run_dir)
         assert result.returncode == 0, f"{name}: {result.stderr[-3000:]}"
@@ -89,3 +93,16 @@ def test_swav_and_stage3_train_in_two_processes(trained) -> None:
     metrics = json.loads((run_dir / "stage3/metrics.json").read_text())
     assert sum(map(sum, metrics["confusion_matrix"])) == 35
     assert load_classifier(run_dir / "stage3/model.ckpt").classes[0] == "Surprise"
+
+
+def test_swav_queues_are_kept_out_of_ddps_buffer_broadcast(trained) -> None:
+    """DDP copies rank 0's buffers to every rank before each step; SwAV's queues are
+    buffers and must stay each rank's own."""
+    _, experiment = trained
+    config = experiment_from_dict({**experiment, "swav": {**experiment["swav"],
+                                                          "queue_length": 32}})
+    module = SwAVPretrainer(build_backbone(config.backbone), config.swav)
+    buffers = {name for name, _ in module.named_buffers()}
+    queues = {name for name in buffers if name.startswith("queues.")}
+    assert len(queues) == 2 * config.swav.n_global_crops  # each queue: bank and pointer
+    assert set(module._ddp_params_and_buffers_to_ignore) == queues

@@ -8,18 +8,25 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
+from lightning.fabric.plugins.environments import LightningEnvironment
 
 from clup import pipeline
 from clup.config import RuntimeConfig, experiment_from_dict
-from clup.distributed import device_layout, is_rank_zero, local_processes
+from clup.distributed import (
+    cluster_environment,
+    device_layout,
+    is_rank_zero,
+    local_processes,
+)
 from clup.errors import ConfigError
 from clup.io import write_json
 from clup.pipeline import STAGES, Stage, fingerprint, run_stage, stage_dir
 from clup.stages.common import resume_checkpoint
 from tests.conftest import tiny_experiment
 
-LAUNCHER_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK",
-                      "CLUP_DEVICES", "CLUP_NUM_NODES")
+LAUNCHER_VARIABLES = ("RANK", "SLURM_PROCID", "LOCAL_RANK", "NODE_RANK", "SLURM_JOB_ID",
+                      "TORCHELASTIC_RUN_ID", "CLUP_DEVICES", "CLUP_NUM_NODES", "CLUP_LAUNCHER")
 
 
 @pytest.fixture(autouse=True)
@@ -65,18 +72,33 @@ def test_runtime_devices_accepts_a_count_or_auto() -> None:
         experiment_from_dict(experiment)
 
 
-def test_resume_prefers_the_newest_of_the_epoch_and_requeue_checkpoints(tmp_path: Path) -> None:
+def test_resume_prefers_the_newest_whole_checkpoint(tmp_path: Path) -> None:
+    """The epoch checkpoint or Lightning's requeue one, whichever is newer; one cut off
+    mid-write (a job killed while saving) is passed over."""
     assert resume_checkpoint(tmp_path) is None
     last = tmp_path / "checkpoints" / "last.ckpt"
     last.parent.mkdir()
-    last.write_bytes(b"epoch")
+    torch.save({"epoch": 3}, last)
     assert resume_checkpoint(tmp_path) == str(last)
     hpc = tmp_path / "hpc_ckpt_1.ckpt"
-    hpc.write_bytes(b"requeue")
+    torch.save({"epoch": 4}, hpc)
     os.utime(last, (time.time() - 60, time.time() - 60))
     assert resume_checkpoint(tmp_path) == str(hpc)
     os.utime(hpc, (time.time() - 120, time.time() - 120))
     assert resume_checkpoint(tmp_path) == str(last)
+    cut = tmp_path / "hpc_ckpt_2.ckpt"
+    cut.write_bytes(hpc.read_bytes()[:-100])
+    assert resume_checkpoint(tmp_path) == str(last)
+
+
+def test_stages_started_by_the_driver_use_lightnings_local_environment(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inside a SLURM allocation Lightning would read srun's ranks: the local driver's
+    stages (and the ranks Lightning starts from them) must not."""
+    assert cluster_environment() is None
+    monkeypatch.setenv("CLUP_LAUNCHER", "local")
+    (environment,) = cluster_environment()
+    assert isinstance(environment, LightningEnvironment)
 
 
 calls: list[str] = []
@@ -95,13 +117,16 @@ def test_other_ranks_wait_for_rank_zero_then_train_without_books(
                                                 stage.settings, f"{__name__}:record_call"))
     monkeypatch.setattr(pipeline, "RANK_POLL_S", 0.01)
     monkeypatch.setenv("SLURM_PROCID", "1")
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
     calls.clear()
     folder = stage_dir(config, config.run_dir, "stage2")
     folder.mkdir(parents=True)
-    # Rank 0 has not claimed the folder yet (a stale claim of other settings is there).
-    write_json(folder / "started.json", {"fingerprint": "other settings"})
+    # Rank 0 has not claimed the folder yet: another job sharing it holds it, same settings.
+    current = fingerprint(config, "stage2")
+    write_json(folder / "started.json", {"fingerprint": current, "launch": "slurm:76.0"})
     claim = threading.Timer(0.3, write_json, [folder / "started.json",
-                                              {"fingerprint": fingerprint(config, "stage2")}])
+                                              {"fingerprint": current, "launch": "slurm:77.0"}])
     begin = time.monotonic()
     claim.start()
     record = run_stage(config, config.run_dir, "stage2")

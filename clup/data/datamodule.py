@@ -184,11 +184,14 @@ class DomainDataModule(L.LightningDataModule):
         return to_channels_last(batch) if self.runtime.channels_last else batch
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        # Each of the ranks sees 1/world of the data: dropping its last partial batch must
+        # not drop its only one.
+        world = self.trainer.world_size if self.trainer is not None else 1
         return DataLoader(
             dataset,
             batch_size=batch_size,
             shuffle=shuffle,
-            drop_last=shuffle and len(dataset) > batch_size,
+            drop_last=shuffle and len(dataset) > batch_size * world,
             **loader_options(self.runtime),
         )
 

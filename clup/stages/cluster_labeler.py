@@ -164,15 +164,13 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     trainer = make_trainer(config, stage_dir, "stage1")
     if not labeler.features_complete:
         trainer.predict(labeler, datamodule=datamodule, return_predictions=False)
-    summary: dict[str, Any] = {}
-    if trainer.is_global_zero:
-        summary = _label_and_write(config, labeler, table, stage_dir)
-
     source_eval = ClassifierModule(source.model, config.classes, OptimizerConfig())
     source_on_target = evaluate(trainer, source_eval, datamodule)
     if not trainer.is_global_zero:
+        # The last collective is behind: rank 0 alone clusters, the others need not wait.
         finish_loggers(trainer)
         return {}
+    summary = _label_and_write(config, labeler, table, stage_dir)
     write_json(stage_dir / "source_on_target.json", source_on_target)
     plot = stage_dir / "pseudo_labels.png"
     for logger in trainer.loggers:

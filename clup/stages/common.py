@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ from clup.config import (
     config_to_dict,
 )
 from clup.data.datamodule import DomainDataModule
-from clup.distributed import device_layout
+from clup.distributed import cluster_environment, device_layout
 from clup.evaluation import classification_metrics
 from clup.io import write_json
 from clup.models.checkpoint import Classifier, save_classifier
@@ -184,11 +185,15 @@ def make_trainer(
     """
     runtime = config.runtime
     devices, num_nodes = device_layout(runtime)
+    if isinstance(devices, int) and runtime.accelerator != "cpu" and torch.cuda.is_available():
+        # A count is the most a stage uses: the driver may give a stage fewer GPUs.
+        devices = min(devices, torch.cuda.device_count())
     return L.Trainer(
         accelerator=runtime.accelerator,
         devices=devices,
         num_nodes=num_nodes,
         strategy=runtime.strategy,
+        plugins=cluster_environment(),
         sync_batchnorm=runtime.sync_batchnorm,
         precision=resolve_precision(runtime.precision, runtime.accelerator),
         max_epochs=max_epochs,
@@ -215,14 +220,26 @@ def fit_stage(
     datamodule.setup()
     trainer = make_trainer(config, stage_dir, stage, epochs, len(datamodule.train_dataloader()))
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume_checkpoint(stage_dir))
+    # Under SLURM Lightning loads the newest requeue checkpoint into every later trainer
+    # call (the test too): once fit is over, those hold stale weights.
+    trainer.strategy.barrier("fit done")
+    if trainer.is_global_zero:
+        for hpc in stage_dir.glob("hpc_ckpt_*.ckpt"):
+            hpc.unlink()
+    trainer.strategy.barrier("requeue checkpoints removed")
     return trainer
 
 
 def resume_checkpoint(stage_dir: Path) -> str | None:
-    """The newest of the epoch checkpoint and the ones Lightning saves when SLURM signals
-    a job before its time limit or preemption (`hpc_ckpt_*.ckpt`, then requeued)."""
+    """The newest whole checkpoint among the epoch one and those Lightning saves when SLURM
+    signals a job before its time limit (`hpc_ckpt_*.ckpt`, then requeued).
+
+    A checkpoint is a zip archive whose index comes last: one cut off mid-write (the job
+    killed while saving) is not a zip file and is passed over.
+    """
     found = [p for p in [stage_dir / "checkpoints" / "last.ckpt",
-                         *stage_dir.glob("hpc_ckpt_*.ckpt")] if p.is_file()]
+                         *stage_dir.glob("hpc_ckpt_*.ckpt")]
+             if p.is_file() and zipfile.is_zipfile(p)]
     return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
 
 

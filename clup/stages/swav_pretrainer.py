@@ -53,6 +53,10 @@ class SwAVPretrainer(L.LightningModule):
                              feature_dim_first=False)
             for _ in range(config.n_global_crops if config.queue_length else 0)
         )
+        # Each rank keeps its own queue, as in SwAV; DDP would otherwise overwrite every
+        # rank's queue with rank 0's before each step (it broadcasts buffers).
+        self._ddp_params_and_buffers_to_ignore = [
+            f"queues.{name}" for name, _ in self.queues.named_buffers()]
 
     def embed(self, views: list[torch.Tensor]) -> torch.Tensor:
         """Normalised projections of equally sized views, computed in one pass."""
