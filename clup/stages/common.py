@@ -256,8 +256,6 @@ def remove_checkpoints(trainer: L.Trainer, stage_dir: Path) -> None:
     """Resume checkpoints are only useful until the stage's own artifact is written."""
     if trainer.is_global_zero:
         shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
-        for hpc in stage_dir.glob("hpc_ckpt_*.ckpt"):
-            hpc.unlink()
 
 
 def fit_and_evaluate(
