@@ -11,11 +11,15 @@ on top of a setup, such as `method: shot` or an ablation switch) and its seeds:
       CluP: {}
       instance PL: {cluster_labeler.labels: instance, cluster_labeler.score: confidence}
     overrides: {source.head: shot}              # every run (optional)
+    jobs: auto                                  # experiments at once (optional)
 
 Every run is an ordinary experiment in `<output_root>/<name>/`. Runs of one
 setup and seed share their source model, and their SwAV backbone when its
 settings agree (the shared folders are named after a digest of those settings),
-so a method costs only what is its own. An interrupted benchmark resumes: a
+so a method costs only what is its own. `jobs` experiments run at once (`auto`: two on a
+machine without GPUs, where all their stage processes share the CPU threads through one
+pool, so no core idles while another run's stage could use it; one with GPUs; `clup
+benchmark --jobs N` overrides it). An interrupted benchmark resumes: a
 rerun finds the finished stages done. `benchmark.csv` (one row per run) and
 `benchmark.md` (mean +- std over seeds, best per setup in bold) are rewritten
 after every run.
@@ -27,6 +31,9 @@ import csv
 import io
 import json
 import re
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +45,10 @@ from clup.config import ExperimentConfig, load_experiment
 from clup.errors import ConfigError
 from clup.io import write_text
 
-GRID_KEYS = {"name", "seeds", "setups", "methods", "overrides", "output_root"}
+GRID_KEYS = {"name", "seeds", "setups", "methods", "overrides", "output_root", "jobs"}
+CPU_JOBS = 2
+"""Experiments at once on a machine without GPUs: two kept both cores of the 2-core
+machine busy in `make benchmark-demo` (README, "The embedded benchmark's table")."""
 COLUMNS = ["setup", "method", "seed", "target_accuracy", "source_on_target",
            "selected_accuracy", "num_selected", "auc_purity", "auc_confidence", "seconds",
            "run_dir"]
@@ -52,6 +62,7 @@ class Grid:
     methods: dict[str, dict[str, Any]]
     overrides: dict[str, Any]
     output_root: Path
+    jobs: int | None = None  # None: auto
 
     @property
     def folder(self) -> Path:
@@ -86,6 +97,9 @@ def load_grid(path: Path) -> Grid:
             raise ConfigError(f"{path}: {key} must map labels to "
                               f"{'experiment files' if key == 'setups' else 'settings'}")
     methods = {str(k): dict(v or {}) for k, v in raw["methods"].items()}
+    jobs = raw.get("jobs", "auto")
+    if jobs != "auto" and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
+        raise ConfigError(f"{path}: jobs must be a positive integer or auto, got {jobs!r}")
     return Grid(
         name=_slug(str(raw["name"])),
         seeds=list(raw["seeds"]),
@@ -93,6 +107,7 @@ def load_grid(path: Path) -> Grid:
         methods=methods,
         overrides=dict(raw.get("overrides") or {}),
         output_root=Path(raw.get("output_root", "lightning_logs")),
+        jobs=None if jobs == "auto" else jobs,
     )
 
 
@@ -119,22 +134,86 @@ def run_config(grid: Grid, setup: str, method: str, seed: int) -> ExperimentConf
     return config
 
 
-def run_benchmark(path: Path) -> list[dict[str, Any]]:
-    """Run (or resume) every run of the grid; write and return the rows."""
-    from clup.driver import run_experiment
+def run_benchmark(path: Path, jobs: int | None = None) -> list[dict[str, Any]]:
+    """Run (or resume) every run of the grid, `jobs` at once; write and return the rows."""
+    from clup.data.datasets import prepare_dataset
+    from clup.driver import visible_gpus
+    from clup.plan import datasets_used
 
     grid = load_grid(path)
     runs = plan_runs(grid)
-    rows: list[dict[str, Any]] = []
-    for number, run in enumerate(runs, start=1):
-        print(f"[clup benchmark] run {number}/{len(runs)}: {run.setup}, {run.method}, "
-              f"seed {run.seed}", flush=True)
-        results = run_experiment(run.config)
-        rows.append(_row(run, results))
-        write_outputs(grid, rows)
+    gpus = visible_gpus(runs[0].config)
+    jobs = min(jobs or grid.jobs or (1 if gpus else CPU_JOBS), len(runs))
+    # Datasets first, one at a time: runs starting together must not render one twice.
+    for run in runs:
+        for key, dataset in datasets_used(run.config):
+            prepare_dataset(dataset, key)
+    results: dict[int, dict[str, Any]] = {}
+    if jobs == 1:
+        for number, run in enumerate(runs):
+            _announce(number, runs, "starting")
+            results[number] = _run_one(run, None, None, print)
+            write_outputs(grid, _rows(runs, results))
+    else:
+        _run_parallel(grid, runs, jobs, results)
+    rows = _rows(runs, results)
     print(table(grid, rows))
     print(f"\n[clup benchmark] {grid.folder / 'benchmark.csv'}, {grid.folder / 'benchmark.md'}")
     return rows
+
+
+def _run_one(run: Run, pool: Path | None, cancel: threading.Event | None,
+             echo: Callable[[str], None]) -> dict[str, Any]:
+    from clup import driver
+
+    if pool is None:
+        return driver.run_experiment(run.config)
+    return driver.run_experiment(run.config, thread_pool=pool, quiet=True, echo=echo,
+                                 cancel=cancel)
+
+
+def _run_parallel(grid: Grid, runs: list[Run], jobs: int,
+                  results: dict[int, dict[str, Any]]) -> None:
+    """`jobs` runs at once in threads (each waits on its stage processes); on a failure or
+    Ctrl-C no new run starts and the running ones are stopped."""
+    pool = grid.folder / ".threads"
+    cancel = threading.Event()
+    lock = threading.Lock()
+
+    def work(number: int) -> None:
+        if cancel.is_set():
+            return
+        run = runs[number]
+        _announce(number, runs, "starting")
+        tag = f"[{number + 1}/{len(runs)}]"
+        outcome = _run_one(run, pool, cancel,
+                           lambda line: print(f"{tag} {line}" if line.startswith("[clup]")
+                                              else line, flush=True))
+        with lock:
+            results[number] = outcome
+            write_outputs(grid, _rows(runs, results))
+
+    with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="clup-run") as executor:
+        futures = [executor.submit(work, number) for number in range(len(runs))]
+        try:
+            for future in as_completed(futures):
+                future.result()
+        except BaseException:
+            cancel.set()
+            for future in futures:
+                future.cancel()
+            raise
+
+
+def _announce(number: int, runs: list[Run], what: str) -> None:
+    run = runs[number]
+    print(f"[clup benchmark] run {number + 1}/{len(runs)}: {run.setup}, {run.method}, "
+          f"seed {run.seed}: {what}", flush=True)
+
+
+def _rows(runs: list[Run], results: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The finished runs' rows, in the grid's order."""
+    return [_row(runs[n], results[n]) for n in sorted(results)]
 
 
 def _row(run: Run, results: dict[str, Any]) -> dict[str, Any]:

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
         "benchmark", help="run a grid of methods x setups x seeds and tabulate target accuracy"
     )
     benchmark.add_argument("grid", type=Path, help="grid YAML (see clup/benchmark.py)")
+    benchmark.add_argument("--jobs", type=int, default=None,
+                           help="experiments at once (default: the grid's `jobs`, else two "
+                                "on a machine without GPUs and one with GPUs)")
 
     source = commands.add_parser("train-source", help="train only the source model")
     source.add_argument("experiment", type=Path, help="experiment YAML")
@@ -109,7 +112,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "benchmark":
         from clup.benchmark import run_benchmark
 
-        run_benchmark(args.grid)
+        if args.jobs is not None and args.jobs < 1:
+            raise ClupError(f"--jobs must be at least 1, got {args.jobs}")
+        run_benchmark(args.grid, args.jobs)
         return 0
     if args.command == "paths":
         from clup.paths import describe
@@ -192,9 +197,12 @@ def _prepare(args: argparse.Namespace) -> int:
 
 def _limit_threads(config: ExperimentConfig) -> None:
     """Concurrent stages on one CPU share its cores instead of oversubscribing them; so do
-    the processes of one stage training on several CPU devices."""
-    threads = os.environ.get("CLUP_THREADS")
-    if threads:
+    the processes of one stage training on several CPU devices. In a thread pool (the
+    driver's on machines without GPUs) the pool sets each process's share instead."""
+    from clup.threads import POOL_VARIABLE, THREADS_VARIABLE
+
+    threads = os.environ.get(THREADS_VARIABLE)
+    if threads and not os.environ.get(POOL_VARIABLE):
         import torch
 
         from clup.distributed import local_processes

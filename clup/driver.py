@@ -1,8 +1,10 @@
-"""`clup run`: source model if needed, stages 1 and 2 at once, then stage 3, then results.
+"""`clup run`: every stage as soon as the stages it needs are done, then the results.
 
-Every stage runs as its own process (`clup stage NAME RUN_DIR`), so the two
-concurrent stages get their own GPUs (or their share of CPU threads) and a crash
-in one cannot corrupt the other. The driver only orchestrates.
+The source model if needed, stages 1 and 2 at once, then stage 3 (on a machine without
+GPUs SwAV also trains beside the source model, which it does not need). Every stage runs
+as its own process (`clup stage NAME RUN_DIR`), so the concurrent stages get their own
+GPUs (or share the CPU threads, taking over those of a stage that ends) and a crash in
+one cannot corrupt another. The driver only orchestrates.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +31,15 @@ from clup.pipeline import (
     LOG_NAME,
     STAGES,
     active_stages,
+    active_upstream,
     done_record,
     stage_dir,
 )
 from clup.plan import check_cluster_count, check_inputs, datasets_used
+from clup.threads import POOL_VARIABLE, THREADS_VARIABLE
 
 STATUS_EVERY_S = 20.0
+POLL_S = 0.5
 
 
 def plan_devices(gpus: list[str], cpu_threads: int, stage1_gpus: int = 1
@@ -72,7 +79,17 @@ def cpu_threads(config: ExperimentConfig) -> int:
     return config.runtime.threads or os.cpu_count() or 1
 
 
-def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
+def run_experiment(config: ExperimentConfig, *, thread_pool: Path | None = None,
+                   quiet: bool = False, echo: Callable[[str], None] = print,
+                   cancel: threading.Event | None = None) -> dict[str, Any]:
+    """Every stage not done yet, each as soon as the stages it needs are done.
+
+    Without GPUs the stage processes running at once share the CPU threads through
+    `thread_pool` (default: a folder in the run folder; a benchmark running several
+    experiments at once passes one for all of them), so a stage that runs alone uses every
+    core. `quiet` sends every stage's output to its log, none to the terminal. Setting
+    `cancel` (from another thread) stops the running stages and raises `StageFailed`.
+    """
     check_inputs(config)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -81,15 +98,38 @@ def run_experiment(config: ExperimentConfig) -> dict[str, Any]:
         prepare_dataset(dataset, key)
     target = read_dataset(config.require_target(), config.classes, "target")
     check_cluster_count(config, len(target["train"]))
-    env = plan_devices(visible_gpus(config), cpu_threads(config),
-                       config.runtime.stage1_gpus)
-    if config.source.checkpoint is None:
-        _run_in_sequence(config, run_dir, "source", env["source"])
+    gpus = visible_gpus(config)
+    env = plan_devices(gpus, cpu_threads(config), config.runtime.stage1_gpus)
+    if not gpus:
+        env = share_threads(env, thread_pool or run_dir / THREAD_POOL_NAME, cpu_threads(config))
+    _run_stages(config, run_dir, active_stages(config), env, stage_order(config, gpus),
+                quiet, echo, cancel)
+    return report_results(config, run_dir, echo)
+
+
+THREAD_POOL_NAME = ".threads"
+
+
+def share_threads(env: dict[str, dict[str, str]], pool: Path, cpu_threads: int
+                  ) -> dict[str, dict[str, str]]:
+    """Every stage may use every thread; those running at once split them (clup/threads.py)."""
+    shared = {POOL_VARIABLE: str(pool), THREADS_VARIABLE: str(max(1, cpu_threads))}
+    return {name: {**stage_env, **shared} for name, stage_env in env.items()}
+
+
+def stage_order(config: ExperimentConfig, gpus: list[str]) -> dict[str, tuple[str, ...]]:
+    """The stages each active stage waits for: its upstream stages; on GPUs the concurrent
+    stages also wait for the source model, which the device plan gives every GPU.
+
+    Without GPUs SwAV, which needs no source model, trains while the source model does."""
     active = active_stages(config)
-    _run_concurrently(config, run_dir, [n for n in CONCURRENT if n in active], env)
-    if "stage3" in active:
-        _run_in_sequence(config, run_dir, "stage3", env["stage3"])
-    return report_results(config, run_dir)
+    order = {}
+    for name in active:
+        waits = active_upstream(config, STAGES[name])
+        if gpus and name in CONCURRENT and "source" in active:
+            waits = tuple(dict.fromkeys((*waits, "source")))
+        order[name] = waits
+    return order
 
 
 def _command(name: str, run_dir: Path) -> list[str]:
@@ -97,7 +137,8 @@ def _command(name: str, run_dir: Path) -> list[str]:
 
 
 def _die_with_parent() -> None:
-    """Linux: a stage process gets SIGTERM if the driver dies, even by SIGKILL."""
+    """Linux: a stage process gets SIGTERM if the thread that started it ends, even by
+    SIGKILL of the driver (so a benchmark's runner threads live until their stages end)."""
     with contextlib.suppress(OSError):
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
@@ -109,61 +150,79 @@ def _start(name: str, run_dir: Path, extra_env: dict[str, str], log: Path | None
     if log is not None:
         log.parent.mkdir(parents=True, exist_ok=True)
         output = log.open("ab")
-    return subprocess.Popen(_command(name, run_dir), env=env, stdout=output,
-                            stderr=subprocess.STDOUT if output else None,
-                            preexec_fn=_die_with_parent)
-
-
-def _run_in_sequence(config: ExperimentConfig, run_dir: Path, name: str,
-                     env: dict[str, str]) -> None:
-    if done_record(config, run_dir, name) is not None:
-        print(f"[clup] {STAGES[name].title}: done already, reused")
-        return
-    print(f"[clup] {STAGES[name].title}: running")
-    process = _start(name, run_dir, env, None)
     try:
-        code = process.wait()
-    except BaseException:
-        _stop([process])
-        raise
-    if code != 0:
-        raise StageFailed(f"{STAGES[name].title} failed (exit code {code}); its output is above")
-    print(f"[clup] {STAGES[name].title}: finished in {_seconds(config, run_dir, name)}")
+        return subprocess.Popen(_command(name, run_dir), env=env, stdout=output,
+                                stderr=subprocess.STDOUT if output else None,
+                                preexec_fn=_die_with_parent)
+    finally:
+        if output is not None:
+            output.close()
 
 
-def _run_concurrently(config: ExperimentConfig, run_dir: Path, names: list[str],
-                      env: dict[str, dict[str, str]]) -> None:
-    running: dict[str, subprocess.Popen] = {}
-    logs = {name: stage_dir(config, run_dir, name) / LOG_NAME for name in names}
-    for name in names:
-        if done_record(config, run_dir, name) is not None:
-            print(f"[clup] {STAGES[name].title}: done already, reused")
-            continue
-        print(f"[clup] {STAGES[name].title}: running, log {logs[name]}")
-        running[name] = _start(name, run_dir, env[name], logs[name])
+def _run_stages(config: ExperimentConfig, run_dir: Path, names: list[str],
+                env: dict[str, dict[str, str]], order: dict[str, tuple[str, ...]],
+                quiet: bool, echo: Callable[[str], None],
+                cancel: threading.Event | None = None) -> None:
+    """Start each stage once those it waits for are done; stop them all if one fails.
+
+    A stage that starts with nothing beside it and nothing able to start before it ends
+    prints to the terminal; the others write to their `stage.log`, and every
+    `STATUS_EVERY_S` the driver prints each one's latest progress line.
+    """
+    pending = list(names)
+    done: set[str] = set()
+    running: dict[str, tuple[subprocess.Popen, Path | None]] = {}
     last_status = time.monotonic()
     try:
-        while running:
-            for name, process in list(running.items()):
+        while pending or running:
+            if cancel is not None and cancel.is_set():
+                raise StageFailed(f"{config.name}: stopped, since another run failed or was "
+                                  "interrupted; rerun to continue")
+            for name in [n for n in pending if all(w in done for w in order[n])]:
+                pending.remove(name)
+                if done_record(config, run_dir, name) is not None:
+                    echo(f"[clup] {STAGES[name].title}: done already, reused")
+                    done.add(name)
+                    continue
+                ready = [n for n in pending if all(w in done for w in order[n])]
+                log = None
+                if quiet or running or ready or _can_start_beside(name, pending, order):
+                    log = stage_dir(config, run_dir, name) / LOG_NAME
+                echo(f"[clup] {STAGES[name].title}: running"
+                     + (f", log {log}" if log is not None else ""))
+                running[name] = (_start(name, run_dir, env[name], log), log)
+            for name, (process, log) in list(running.items()):
                 code = process.poll()
                 if code is None:
                     continue
                 del running[name]
                 if code != 0:
-                    _stop(list(running.values()))
-                    raise StageFailed(
-                        f"{STAGES[name].title} failed (exit code {code}); read {logs[name]}"
-                    )
-                print(f"[clup] {STAGES[name].title}: finished in "
-                      f"{_seconds(config, run_dir, name)}")
-            if running and time.monotonic() - last_status > STATUS_EVERY_S:
+                    where = f"read {log}" if log is not None else "its output is above"
+                    raise StageFailed(f"{STAGES[name].title} failed (exit code {code}); {where}")
+                done.add(name)
+                echo(f"[clup] {STAGES[name].title}: finished in "
+                     f"{_seconds(config, run_dir, name)}")
+            logged = {n: log for n, (_, log) in running.items() if log is not None}
+            if logged and time.monotonic() - last_status > STATUS_EVERY_S:
                 last_status = time.monotonic()
-                for name in running:
-                    print(f"[clup] {STAGES[name].title}: {last_progress_line(logs[name])}")
-            time.sleep(0.5)
+                for name, log in logged.items():
+                    echo(f"[clup] {STAGES[name].title}: {last_progress_line(log)}")
+            if pending and not running and not any(all(w in done for w in order[n])
+                                                   for n in pending):
+                raise RuntimeError(f"stages {pending} wait for stages that never run")
+            time.sleep(POLL_S)
     except BaseException:
-        _stop(list(running.values()))
+        _stop([process for process, _ in running.values()])
         raise
+
+
+def _can_start_beside(name: str, pending: list[str], order: dict[str, tuple[str, ...]]
+                      ) -> bool:
+    """Whether a pending stage does not wait for `name`, directly or through others."""
+    def needs(stage: str) -> bool:
+        return any(w == name or (w in order and needs(w)) for w in order[stage])
+
+    return any(not needs(other) for other in pending)
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
@@ -196,11 +255,12 @@ METHOD_TITLES = {"clup": "CluP", "source_only": "source only", "shot": "SHOT", "
                  "aad": "AaD", "tent": "Tent"}
 
 
-def report_results(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
+def report_results(config: ExperimentConfig, run_dir: Path,
+                   echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Collect the finished stages' results into `results.json` and print them."""
     results = collect_results(config, run_dir)
     write_json(run_dir / "results.json", results)
-    print(format_results(results))
+    echo(format_results(results))
     return results
 
 
@@ -262,6 +322,7 @@ def format_results(results: dict[str, Any]) -> str:
         *([f"  (no target accuracy: {results['evaluation_note']})"]
           if results.get("evaluation_note") else []),
         "  stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
-        "  (stage1 and stage2 or adapt ran at the same time)",
+        "  (stages needing only the source model ran at the same time; without GPUs "
+        "stage2 also ran beside source)",
     ]
     return "\n".join(lines)

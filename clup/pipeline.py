@@ -25,6 +25,7 @@ from clup.config import SFDA_METHODS, ExperimentConfig, config_to_dict
 from clup.distributed import is_rank_zero, launch_id
 from clup.errors import ConfigError
 from clup.io import file_lock, read_json, write_json
+from clup.threads import sharing_threads
 
 LOG_NAME = "stage.log"
 RANK_POLL_S = 1.0
@@ -202,7 +203,8 @@ def run_stage(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, A
         write_json(started, {"fingerprint": current, "launch": launch_id()})
         begin = time.perf_counter()
         L.seed_everything(config.seed, workers=True, verbose=False)
-        result = stage.run(config, run_dir)
+        with sharing_threads():
+            result = stage.run(config, run_dir)
         record = {"fingerprint": current, "seconds": round(time.perf_counter() - begin, 2),
                   "result": result}
         write_json(folder / "done.json", record)
@@ -226,7 +228,8 @@ def _run_other_rank(config: ExperimentConfig, run_dir: Path, name: str) -> dict[
             break
         time.sleep(RANK_POLL_S)
     L.seed_everything(config.seed, workers=True, verbose=False)
-    return {"fingerprint": claim["fingerprint"], "result": STAGES[name].run(config, run_dir)}
+    with sharing_threads():
+        return {"fingerprint": claim["fingerprint"], "result": STAGES[name].run(config, run_dir)}
 
 
 def _clear_stage_folder(stage_dir: Path) -> None:

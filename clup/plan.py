@@ -23,6 +23,7 @@ from clup.data.datasets import (
 )
 from clup.data.manifest import ImageTable, map_class_ids
 from clup.errors import CheckpointError, ConfigError
+from clup.threads import POOL_VARIABLE, THREADS_VARIABLE
 
 SAMPLE_IMAGES = 3
 
@@ -67,7 +68,7 @@ def check_cluster_count(config: ExperimentConfig, train_images: int) -> None:
 
 def describe_plan(config: ExperimentConfig, gpus: list[str], cpu_threads: int) -> str:
     """Read every input and say what `clup run` would do, without training."""
-    from clup.driver import plan_devices
+    from clup.driver import THREAD_POOL_NAME, plan_devices, share_threads
     from clup.pipeline import STAGES, active_stages, done_record, stage_dir
 
     check_inputs(config)
@@ -77,12 +78,16 @@ def describe_plan(config: ExperimentConfig, gpus: list[str], cpu_threads: int) -
         lines += [f"    {key:<12} {line}" for line in _describe_data(dataset, key, config)]
     lines += [f"  source model   {_describe_source(config)}", "  stages"]
     env = plan_devices(gpus, cpu_threads, config.runtime.stage1_gpus)
+    if not gpus:
+        env = share_threads(env, config.run_dir / THREAD_POOL_NAME, cpu_threads)
     for name in active_stages(config):
         state = ("done, reused" if done_record(config, config.run_dir, name) is not None
                  else "will run")
         where = stage_dir(config, config.run_dir, name)
         lines.append(f"    {STAGES[name].title:<31} {state:<13} {_devices(env[name])}  {where}")
-    lines.append("  (stage 1 and stage 2 run at the same time)")
+    lines.append("  (stage 1 and stage 2 run at the same time" + (
+        "; SwAV also beside the source model; the stages running share the CPU threads)"
+        if not gpus else ")"))
     lines.append("Dry run: nothing was trained.")
     return "\n".join(lines)
 
@@ -143,4 +148,7 @@ def _describe_source(config: ExperimentConfig) -> str:
 
 def _devices(env: dict[str, str]) -> str:
     gpus = env.get("CUDA_VISIBLE_DEVICES", "")
-    return f"GPUs {gpus}" if gpus else f"CPU threads: {env.get('CLUP_THREADS', os.cpu_count())}"
+    if gpus:
+        return f"GPUs {gpus}"
+    threads = env.get(THREADS_VARIABLE, os.cpu_count())
+    return f"CPU threads: {threads}" + (", shared" if POOL_VARIABLE in env else "")

@@ -16,6 +16,7 @@ from torch import nn
 
 from clup.config import RuntimeConfig
 from clup.models.backbones import Backbone
+from clup.threads import follow_share
 
 
 def to_channels_last(batch: Any) -> Any:
@@ -64,8 +65,22 @@ def compile_backbones(module: nn.Module, device: torch.device) -> bool:
         return False
     for backbone in module.modules():
         if isinstance(backbone, Backbone) and backbone._compiled_call_impl is None:
-            backbone.compile()
+            # Static shapes: with dynamic ones Inductor fails on the CPU on SwAV's two crop
+            # sizes (TypeError "Cannot convert expression to float", torch 2.14).
+            backbone.compile(dynamic=False)
     return True
+
+
+class FollowThreadShare(Callback):
+    """Takes this process's current share of the CPU threads before each batch (it grows
+    when a concurrent stage ends; see clup/threads.py). Outside a pool it does nothing."""
+
+    def _follow(self, *_: Any) -> None:
+        threads = follow_share()
+        if threads is not None:
+            print(f"[clup] CPU threads of this stage: now {threads}", flush=True)
+
+    on_train_batch_start = on_predict_batch_start = on_test_batch_start = _follow
 
 
 class SpeedSettings(Callback):

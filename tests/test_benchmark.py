@@ -36,25 +36,33 @@ def test_interrupted_benchmark_resumes_and_tabulates(
     real = clup.driver.run_experiment
     calls: list[str] = []
 
-    def interrupted(config):  # noqa: ANN001, ANN202 - same signature as run_experiment
+    def interrupted(config, **options):  # noqa: ANN001, ANN003, ANN202 - as run_experiment
         calls.append(config.name)
         if len(calls) == 3:
             raise KeyboardInterrupt
-        return real(config)
+        return real(config, **options)
 
     monkeypatch.setattr(clup.driver, "run_experiment", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        run_benchmark(path)
+        run_benchmark(path, jobs=1)
     folder = tmp_path / "bench" / "grid"
     assert len(list(csv.DictReader((folder / "benchmark.csv").open()))) == 2
     finished = folder / "studio-to-wild--CluP--seed0" / "stage3" / "done.json"
     stamp = finished.stat().st_mtime_ns
 
     monkeypatch.setattr(clup.driver, "run_experiment", real)
-    rows = run_benchmark(path)
+    rows = run_benchmark(path, jobs=2)
     assert [(r["method"], r["seed"]) for r in rows] == [
         ("source only", 0), ("CluP", 0), ("source only", 1), ("CluP", 1)]
     assert finished.stat().st_mtime_ns == stamp  # the finished run was not redone
+    # Seed 1's two runs ran at once: SwAV (CluP's) started before the source model (which
+    # both share) was done, and their stage processes shared one thread pool.
+    swav = sorted(folder.glob("studio-to-wild--shared-swav-*/stage2/started.json"),
+                  key=lambda p: p.stat().st_mtime)[-1]
+    source = sorted(folder.glob("studio-to-wild--shared-source-*/source/done.json"),
+                    key=lambda p: p.stat().st_mtime)[-1]
+    assert swav.stat().st_mtime < source.stat().st_mtime
+    assert (folder / ".threads").is_dir() and not list((folder / ".threads").iterdir())
     assert all(0 <= r["target_accuracy"] <= 1 for r in rows)
     # Both methods of a seed share one source model: one source folder per seed.
     assert len(list(folder.glob("studio-to-wild--shared-source-*"))) == 2

@@ -1,5 +1,6 @@
 import json
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,7 @@ import pytest
 from clup import driver
 from clup.config import experiment_from_dict
 from clup.driver import last_progress_line, plan_devices, visible_gpus
+from clup.errors import StageFailed
 from clup.pipeline import fingerprint, stage_dir
 from tests.conftest import tiny_experiment
 
@@ -68,7 +70,8 @@ import json, os, sys, time
 from pathlib import Path
 name, folder, record, partner = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), sys.argv[4]
 marks = record.parent
-(marks / f"{name}.env").write_text(os.environ["CUDA_VISIBLE_DEVICES"])
+(marks / f"{name}.env").write_text(json.dumps({k: os.environ.get(k, "") for k in
+    ("CUDA_VISIBLE_DEVICES", "CLUP_THREADS", "CLUP_THREAD_POOL")}))
 (marks / f"{name}.started").write_text(str(time.time()))
 deadline = time.time() + 30
 while partner != "-" and not (marks / f"{partner}.started").exists():
@@ -81,6 +84,30 @@ folder.mkdir(parents=True, exist_ok=True)
 """
 
 
+def _fake_stages(config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noqa: ANN001
+                 partners: dict[str, str]) -> Path:
+    """Replace each stage's command by FAKE_STAGE, which records its environment and times
+    and waits until its partner stage has started."""
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    script = tmp_path / "fake_stage.py"
+    script.write_text(FAKE_STAGE)
+
+    def command(name: str, run_dir: Path) -> list[str]:
+        record = marks / f"{name}.record.json"
+        record.write_text(json.dumps({"fingerprint": fingerprint(config, name), "seconds": 1.0}))
+        return [sys.executable, str(script), name, str(stage_dir(config, run_dir, name)),
+                str(record), partners[name]]
+
+    monkeypatch.setattr(driver, "_command", command)
+    return marks
+
+
+def _times(marks: Path, names: list[str]) -> dict[str, dict[str, float]]:
+    return {name: {event: float((marks / f"{name}.{event}").read_text())
+                   for event in ("started", "ended")} for name in names}
+
+
 def test_driver_starts_stages_with_their_gpus_and_runs_1_and_2_at_once(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A fake device list: each stage process must see its own CUDA_VISIBLE_DEVICES, and
@@ -91,27 +118,80 @@ def test_driver_starts_stages_with_their_gpus_and_runs_1_and_2_at_once(
     gpus = visible_gpus(config)
     assert gpus == ["4", "5", "6"]
     env = plan_devices(gpus, cpu_threads=4, stage1_gpus=config.runtime.stage1_gpus)
-    marks = tmp_path / "marks"
-    marks.mkdir()
-    script = tmp_path / "fake_stage.py"
-    script.write_text(FAKE_STAGE)
     partners = {"stage1": "stage2", "stage2": "stage1", "stage3": "-"}
+    marks = _fake_stages(config, tmp_path, monkeypatch, partners)
+    order = {"stage1": (), "stage2": (), "stage3": ("stage1", "stage2")}
+    driver._run_stages(config, config.run_dir, list(partners), env, order, False, print)
 
-    def command(name: str, run_dir: Path) -> list[str]:
-        record = marks / f"{name}.record.json"
-        record.write_text(json.dumps({"fingerprint": fingerprint(config, name), "seconds": 1.0}))
-        return [sys.executable, str(script), name, str(stage_dir(config, run_dir, name)),
-                str(record), partners[name]]
-
-    monkeypatch.setattr(driver, "_command", command)
-    run_dir = config.run_dir
-    driver._run_concurrently(config, run_dir, ["stage1", "stage2"], env)
-    driver._run_in_sequence(config, run_dir, "stage3", env["stage3"])
-
-    seen = {name: (marks / f"{name}.env").read_text() for name in partners}
+    seen = {name: json.loads((marks / f"{name}.env").read_text())["CUDA_VISIBLE_DEVICES"]
+            for name in partners}
     assert seen == {"stage1": "4", "stage2": "5,6", "stage3": "4,5,6"}
-    times = {name: {event: float((marks / f"{name}.{event}").read_text())
-                    for event in ("started", "ended")} for name in partners}
+    times = _times(marks, list(partners))
     assert times["stage1"]["started"] < times["stage2"]["ended"]
     assert times["stage2"]["started"] < times["stage1"]["ended"]
     assert times["stage3"]["started"] >= max(times["stage1"]["ended"], times["stage2"]["ended"])
+
+
+def test_without_gpus_swav_trains_beside_the_source_model_sharing_one_thread_pool(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the CPU SwAV needs no source model: it starts with it (each waits for the other to
+    start), stage 1 follows the source, stage 3 both; every stage gets the pool and every
+    thread. With GPUs, stages 1 and 2 both wait for the source model."""
+    experiment = tiny_experiment(tmp_path)
+    experiment["source"].pop("checkpoint", None)
+    config = experiment_from_dict(experiment)
+    assert "source" in driver.active_stages(config)
+    order = driver.stage_order(config, gpus=[])
+    assert order == {"source": (), "stage1": ("source",), "stage2": (),
+                     "stage3": ("stage1", "stage2")}
+    assert driver.stage_order(config, gpus=["0"])["stage2"] == ("source",)
+    pool = tmp_path / "pool"
+    env = driver.share_threads(plan_devices([], cpu_threads=2), pool, 2)
+    partners = {"source": "stage2", "stage2": "source", "stage1": "-", "stage3": "-"}
+    marks = _fake_stages(config, tmp_path, monkeypatch, partners)
+    lines: list[str] = []
+    driver._run_stages(config, config.run_dir, list(order), env, order, False, lines.append)
+
+    times = _times(marks, list(partners))
+    assert times["source"]["started"] < times["stage2"]["ended"]
+    assert times["stage2"]["started"] < times["source"]["ended"]
+    assert times["stage1"]["started"] >= times["source"]["ended"]
+    assert times["stage3"]["started"] >= max(times["stage1"]["ended"], times["stage2"]["ended"])
+    envs = [json.loads((marks / f"{name}.env").read_text()) for name in partners]
+    assert all(e["CLUP_THREADS"] == "2" and e["CLUP_THREAD_POOL"] == str(pool) for e in envs)
+    # The two that started together log to files; stage 3, alone, prints to the terminal.
+    assert any("source model: running, log" in line for line in lines)
+    assert any(line.endswith("PseudoLabelFinetuner: running") for line in lines)
+
+
+def test_a_failing_stage_stops_the_one_beside_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = experiment_from_dict(tiny_experiment(tmp_path))
+    script = tmp_path / "stage.py"
+    script.write_text("import sys, time\nif sys.argv[1] == 'stage1':\n    sys.exit(4)\n"
+                      "time.sleep(60)\n")
+    monkeypatch.setattr(driver, "_command",
+                        lambda name, run_dir: [sys.executable, str(script), name])
+    begin = time.monotonic()
+    with pytest.raises(StageFailed, match="ClusterLabeler failed .exit code 4"):
+        driver._run_stages(config, config.run_dir, ["stage1", "stage2"], plan_devices([], 2),
+                           {"stage1": (), "stage2": ()}, False, print)
+    assert time.monotonic() - begin < 30  # stage 2 was stopped, not waited for
+
+
+def test_a_cancelled_run_stops_its_stages(tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """What a benchmark does to its other runs when one fails or Ctrl-C comes."""
+    import threading
+
+    config = experiment_from_dict(tiny_experiment(tmp_path))
+    script = tmp_path / "stage.py"
+    script.write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setattr(driver, "_command", lambda name, run_dir: [sys.executable, str(script)])
+    cancel = threading.Event()
+    threading.Timer(1.0, cancel.set).start()
+    begin = time.monotonic()
+    with pytest.raises(StageFailed, match="stopped, since another run failed"):
+        driver._run_stages(config, config.run_dir, ["stage2"], plan_devices([], 2),
+                           {"stage2": ()}, True, print, cancel)
+    assert time.monotonic() - begin < 30

@@ -129,7 +129,7 @@ def test_experiments_naming_one_source_run_share_its_model(
     model = tmp_path / "runs" / "shared-source" / "source" / "model.ckpt"
     assert str(model) in capsys.readouterr().out
     assert main(["run", str(second), "--dry-run"]) == 0
-    assert f"done, reused  CPU threads: 2  {model.parent}" in capsys.readouterr().out
+    assert f"done, reused  CPU threads: 2, shared  {model.parent}" in capsys.readouterr().out
 
 
 def test_a_shared_source_made_under_other_settings_is_kept_not_overwritten(

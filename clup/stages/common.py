@@ -27,7 +27,7 @@ from clup.distributed import cluster_environment, device_layout
 from clup.evaluation import classification_metrics
 from clup.io import write_json
 from clup.models.checkpoint import Classifier, save_classifier
-from clup.speed import SpeedSettings
+from clup.speed import FollowThreadShare, SpeedSettings
 
 
 def configure_optimizer(
@@ -199,7 +199,7 @@ def make_trainer(
         max_epochs=max_epochs,
         logger=make_loggers(config, stage_dir, stage),
         callbacks=[ResumeCheckpoint(stage_dir / "checkpoints" / "last.ckpt"),
-                   SpeedSettings(runtime)],
+                   SpeedSettings(runtime), FollowThreadShare()],
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
         default_root_dir=stage_dir,
         num_sanity_val_steps=0,
