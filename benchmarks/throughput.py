@@ -56,7 +56,8 @@ from clup.config import (
     SourceConfig,
     SwAVConfig,
 )
-from clup.data.datamodule import DomainDataModule, load_image
+from clup.data.batch_augment import BatchMultiCrop
+from clup.data.datamodule import DomainDataModule, load_image, on_device
 from clup.data.datasets import read_dataset
 from clup.data.manifest import ImageTable
 from clup.data.prepare import SUFFIX, prepare_chunk
@@ -249,14 +250,18 @@ def loader_batches_needed(warmup: int, steps: int, workers: Sequence[int]) -> in
 class DeviceBatches(L.LightningDataModule):
     """The same images again and again, already on the device: the model's speed alone.
 
-    Inputs go through DomainDataModule's own conversion to channels-last."""
+    Inputs go through DomainDataModule's own steps on the device: SwAV's batched crops
+    (so stage 2's step includes them when `swav.multicrop` is `batched`) and channels-last."""
 
-    on_after_batch_transfer = DomainDataModule.on_after_batch_transfer
-
-    def __init__(self, batches: list[Any], runtime: RuntimeConfig) -> None:
+    def __init__(self, batches: list[Any], runtime: RuntimeConfig,
+                 multicrop: BatchMultiCrop | None = None) -> None:
         super().__init__()
         self.batches = batches
         self.runtime = runtime
+        self.multicrop = multicrop
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return on_device(batch, self.multicrop, self.runtime.channels_last)
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.batches, batch_size=None)
@@ -337,9 +342,13 @@ def device_batches(stage: Stage, bench: Bench) -> list[Any]:
     def images(side: int) -> torch.Tensor:
         return torch.randn(count, 3, side, side, generator=generator).to(bench.device)
 
-    if stage.view == "multicrop":
+    if stage.view == "multicrop" and bench.swav.multicrop == "batched":
+        # Whole images, as the loader yields them; the crops are cut on the device.
+        inputs: Any = torch.randint(0, 256, (count, 3, size, size), dtype=torch.uint8,
+                                    generator=generator).to(bench.device)
+    elif stage.view == "multicrop":
         swav = bench.swav
-        inputs: Any = ([images(size) for _ in range(swav.n_global_crops)]
+        inputs = ([images(size) for _ in range(swav.n_global_crops)]
                        + [images(swav.local_crop_size) for _ in range(swav.n_local_crops)])
     else:
         inputs = images(size)
@@ -363,7 +372,9 @@ def measure_model(stage: Stage, setting: Setting, bench: Bench) -> dict[str, Any
         enable_model_summary=False, num_sanity_val_steps=0, default_root_dir=bench.work,
         callbacks=[SpeedSettings(runtime), timer],
     )
-    data = DeviceBatches(device_batches(stage, bench), runtime)
+    multicrop = (BatchMultiCrop(bench.preprocessing, bench.swav)
+                 if stage.view == "multicrop" and bench.swav.multicrop == "batched" else None)
+    data = DeviceBatches(device_batches(stage, bench), runtime, multicrop)
     if bench.device == "cuda":
         torch.cuda.reset_peak_memory_stats()
     if stage.view == "predict":
@@ -524,6 +535,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                              "images as they are (64 px PNG)")
     parser.add_argument("--threads", type=int,
                         help="torch threads of this process (default: torch's, every core)")
+    parser.add_argument("--multicrop", choices=("batched", "per_image"), default="batched",
+                        help="SwAV's crops: cut per batch on the device (the default; stage "
+                             "2's model step then includes them) or per image in the loader")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     for name in ("image_size", "batch_size", "steps", "warmup", "threads"):
@@ -569,7 +583,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             preprocessing=PreprocessingConfig(image_size=args.image_size),
             batch_size=args.batch_size, warmup=args.warmup, steps=args.steps,
             device=args.device, work=Path(work),
-            swav=SwAVConfig(batch_size=args.batch_size, local_crop_size=local_crop),
+            swav=SwAVConfig(batch_size=args.batch_size, local_crop_size=local_crop,
+                            multicrop=args.multicrop),
         )
         count = args.batch_size * max(loader_batches_needed(args.warmup, args.steps,
                                                             args.workers),

@@ -205,9 +205,14 @@ class SwAVConfig:
 
     `run_name`: a run folder (under `output_root`) shared by the experiments with the
     same target, so SwAV is trained once per target. Default: the experiment's own.
+    `multicrop`: `batched` cuts and alters the crops of a whole batch at once on the
+    training device (clup/data/batch_augment.py); `per_image` runs albumentations on each
+    image in the loader (clup/data/transforms.py). Same augmentations and ranges; batched
+    costs far less (benchmarks/throughput.py).
     """
 
     run_name: str | None = None
+    multicrop: Literal["batched", "per_image"] = "batched"
     epochs: int = 200
     batch_size: int = 64
     optimizer: OptimizerConfig = field(
@@ -333,7 +338,9 @@ class RuntimeConfig:
     in place so checkpoints keep their keys; skipped with a warning where it cannot run.
     `pin_memory` (`null`: when training on a CUDA GPU), `persistent_workers` and
     `prefetch_factor` (batches each worker prepares ahead): the DataLoader's; the last two
-    apply only with `num_workers` above 0.
+    apply only with `num_workers` above 0. `image_cache_mb`: decoded images each loading
+    process keeps in memory, so an image is decoded once rather than once per epoch (0:
+    none; images past the budget are decoded each time).
     """
 
     accelerator: Literal["auto", "cpu", "gpu"] = "auto"
@@ -350,8 +357,11 @@ class RuntimeConfig:
     pin_memory: bool | None = None
     persistent_workers: bool = True
     prefetch_factor: int = 4
+    image_cache_mb: int = 512
 
     def validate(self, key: str) -> None:
+        if self.image_cache_mb < 0:
+            raise ConfigError(f"{key}.image_cache_mb must be >= 0, got {self.image_cache_mb}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"{key}.precision must be one of {list(PRECISIONS)}, "
                               f"got {self.precision!r}")

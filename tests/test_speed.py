@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -183,3 +184,58 @@ def test_throughput_benchmark_reports_every_stage(tmp_path: Path,
     assert {row["stage"] for row in report["bound_by"]} == stages
     printed = capsys.readouterr().out
     assert "Loader, images/s" in printed and "SwAVPretrainer step" in printed
+
+
+def _swav_loader(target, multicrop: str, **runtime) -> tuple[DomainDataModule, Any]:
+    swav = SwAVConfig(n_global_crops=2, n_local_crops=2, local_crop_size=8,
+                      multicrop=multicrop)
+    module = DomainDataModule(target.target, target.classes, target.preprocessing,
+                              batch_size=8, runtime=RuntimeConfig(num_workers=0, **runtime),
+                              train_views="multicrop", swav=swav)
+    module.setup()
+    return module, next(iter(module.train_dataloader()))
+
+
+class _Training:
+    training = True
+    world_size = 1
+
+
+def test_batched_multicrop_cuts_the_same_views_on_the_device_as_per_image(target) -> None:
+    per_image = _swav_loader(target, "per_image")[1][0]
+    module, (images, labels, indices) = _swav_loader(target, "batched", channels_last=True)
+    assert images.dtype == torch.uint8 and tuple(images.shape) == (8, 3, 16, 16)
+    module.trainer = _Training()
+    views, same_labels, _ = module.on_after_batch_transfer((images, labels, indices), 0)
+    assert [tuple(v.shape) for v in views] == [tuple(v.shape) for v in per_image]
+    assert all(is_channels_last(v) for v in views) and torch.equal(same_labels, labels)
+    # Outside training (prediction, test) nothing is cut.
+    module.trainer.training = False
+    untouched = module.on_after_batch_transfer((images, labels, indices), 0)[0]
+    assert untouched.dtype == torch.uint8
+
+
+def test_decoded_images_are_kept_so_later_epochs_decode_nothing(
+        target, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clup.data import datamodule as dm
+
+    calls: list[Path] = []
+    real = dm.load_image
+    monkeypatch.setattr(dm, "load_image", lambda path: (calls.append(path), real(path))[1])
+
+    def epochs(cache_mb: int) -> list[Path]:
+        calls.clear()
+        module = DomainDataModule(target.target, target.classes, target.preprocessing,
+                                  batch_size=8, runtime=RuntimeConfig(num_workers=0,
+                                                                      image_cache_mb=cache_mb))
+        module.setup()
+        loader = module.train_dataloader()
+        for _ in range(2):
+            for _ in loader:
+                pass
+        return list(calls)
+
+    # 84 images, batches of 8, the last partial one dropped: 80 a shuffled epoch.
+    cached = epochs(cache_mb=512)
+    assert len(cached) == len(set(cached)) > 80  # each image decoded once, at first sight
+    assert len(epochs(cache_mb=0)) == 160

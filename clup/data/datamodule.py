@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from clup.config import DatasetConfig, PreprocessingConfig, RuntimeConfig, SwAVConfig
+from clup.data.batch_augment import BatchInput, BatchMultiCrop
 from clup.data.datasets import prepare_dataset, read_dataset
 from clup.data.manifest import ImageTable
 from clup.data.transforms import MultiCrop, eval_transform, train_transform
@@ -34,13 +35,21 @@ TrainViews = Literal["labels", "unlabelled", "multicrop", "pseudo_labels"]
 
 
 class ImageDataset(Dataset):
-    """Images with labels and their index in the split; transform applied per item."""
+    """Images with labels and their index in the split; transform applied per item.
 
-    def __init__(self, table: ImageTable, transform: Callable[..., Any], indices=None) -> None:
+    Decoded images are kept in memory up to `cache_bytes` (per process: each loader
+    worker keeps its own), so later epochs skip decoding.
+    """
+
+    def __init__(self, table: ImageTable, transform: Callable[..., Any], indices=None,
+                 cache_bytes: int = 0) -> None:
         self.table = table
         self.transform = transform
         self.indices = np.arange(len(table)) if indices is None else np.asarray(indices)
         self._seed: int | None = None
+        self.cache_bytes = cache_bytes
+        self._cache: dict[int, np.ndarray] = {}
+        self._cached_bytes = 0
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -48,13 +57,23 @@ class ImageDataset(Dataset):
     def __getitem__(self, item: int) -> tuple[Any, int, int]:
         self._seed_augmentation()
         index = int(self.indices[item])
-        image = load_image(self.table.paths[index])
+        image = self._decoded(index)
         if isinstance(self.transform, MultiCrop):
             views = self.transform(image)
         else:
             views = self.transform(image=image)["image"]
         return views, int(self.table.labels[index]), index
 
+
+    def _decoded(self, index: int) -> np.ndarray:
+        image = self._cache.get(index)
+        if image is None:
+            image = load_image(self.table.paths[index])
+            if self._cached_bytes + image.nbytes <= self.cache_bytes:
+                image.setflags(write=False)  # the transforms must not alter the cached copy
+                self._cache[index] = image
+                self._cached_bytes += image.nbytes
+        return image
 
     def _seed_augmentation(self) -> None:
         """Albumentations ignores global seeds; seed it from torch's seed of this process.
@@ -128,6 +147,7 @@ class DomainDataModule(L.LightningDataModule):
         self.pseudo_labels = pseudo_labels
         self.color_jitter = color_jitter
         self.splits: dict[str, ImageTable] = {}
+        self._multicrop: BatchMultiCrop | None = None
 
     def prepare_data(self) -> None:
         prepare_dataset(self.dataset, self.key)
@@ -151,7 +171,9 @@ class DomainDataModule(L.LightningDataModule):
         if self.train_views == "multicrop":
             if self.swav is None:
                 raise ValueError("multicrop views need the swav settings")
-            dataset = ImageDataset(table, MultiCrop(self.preprocessing, self.swav))
+            transform = (BatchInput(self.preprocessing) if self.swav.multicrop == "batched"
+                         else MultiCrop(self.preprocessing, self.swav))
+            dataset = ImageDataset(table, transform, cache_bytes=self._cache_bytes)
         elif self.train_views == "pseudo_labels":
             if self.pseudo_labels is None:
                 raise ValueError("pseudo_labels views need the stage-1 pseudo-label table")
@@ -164,13 +186,19 @@ class DomainDataModule(L.LightningDataModule):
             relabelled = np.full(len(table), -1, dtype=np.int64)
             relabelled[indices] = labels
             dataset = ImageDataset(ImageTable(table.paths, relabelled),
-                                   train_transform(self.preprocessing, self.color_jitter), indices)
+                                   train_transform(self.preprocessing, self.color_jitter), indices,
+                                   cache_bytes=self._cache_bytes)
         else:
             if self.train_views == "labels" and not table.has_labels:
                 raise ManifestError(f"{self.key} ({self.dataset.path}): training needs labels "
                                     "on every train image")
-            dataset = ImageDataset(table, train_transform(self.preprocessing, self.color_jitter))
+            dataset = ImageDataset(table, train_transform(self.preprocessing, self.color_jitter),
+                                   cache_bytes=self._cache_bytes)
         return self._loader(dataset, self.batch_size, shuffle=True)
+
+    @property
+    def _cache_bytes(self) -> int:
+        return self.runtime.image_cache_mb << 20
 
     def predict_dataloader(self) -> DataLoader:
         dataset = ImageDataset(self.train_table, eval_transform(self.preprocessing))
@@ -181,7 +209,19 @@ class DomainDataModule(L.LightningDataModule):
         return self._loader(dataset, self.eval_batch_size, shuffle=False)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return to_channels_last(batch) if self.runtime.channels_last else batch
+        training = self.trainer is not None and self.trainer.training
+        return on_device(batch, self._batch_multicrop if training else None,
+                         self.runtime.channels_last)
+
+    @property
+    def _batch_multicrop(self) -> BatchMultiCrop | None:
+        """SwAV's crops of a training batch, when they are cut on the device."""
+        if self.train_views != "multicrop" or self.swav is None \
+                or self.swav.multicrop != "batched":
+            return None
+        if self._multicrop is None:
+            self._multicrop = BatchMultiCrop(self.preprocessing, self.swav)
+        return self._multicrop
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         # Each of the ranks sees 1/world of the data: dropping its last partial batch must
@@ -194,6 +234,15 @@ class DomainDataModule(L.LightningDataModule):
             drop_last=shuffle and len(dataset) > batch_size * world,
             **loader_options(self.runtime),
         )
+
+
+def on_device(batch: Any, multicrop: BatchMultiCrop | None, channels_last: bool) -> Any:
+    """A batch once on the training device: SwAV's crops cut (when `multicrop`), then
+    channels-last where asked."""
+    if multicrop is not None:
+        images, labels, indices = batch
+        batch = (multicrop(images), labels, indices)
+    return to_channels_last(batch) if channels_last else batch
 
 
 def loader_options(runtime: RuntimeConfig) -> dict[str, Any]:

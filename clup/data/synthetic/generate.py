@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import csv
 import json
+import multiprocessing
+import multiprocessing.pool
 import numbers
 import os
 import shutil
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -111,19 +115,43 @@ def _build(
     folder: Path, style: DomainStyle, sizes: dict[str, int], request: dict, progress: bool
 ) -> None:
     total = sum(sizes.values())
-    with tqdm(total=total, desc=f"synthetic {style.name}", unit="img", disable=not progress) as bar:
+    # Every image has its own seed, so rendering in several processes gives the same bytes.
+    workers = min(os.cpu_count() or 1, max(1, total // RENDER_CHUNK))
+    with tqdm(total=total, desc=f"synthetic {style.name}", unit="img", disable=not progress
+              ) as bar, _renderers(workers) as pool:
         rows = [
             row
             for split_id, split in enumerate(SPLITS)
-            for row in _render_split(folder, style, split_id, sizes[split], request["seed"], bar)
+            for row in _render_split(folder, style, split_id, sizes[split], request["seed"], bar,
+                                     pool)
         ]
     _write_manifest(folder / MANIFEST, rows)
     write_preview(folder, rows)
     _write_record(folder / RECORD, request, style, rows)
 
 
+RENDER_CHUNK = 64
+"""Images a rendering process draws per task."""
+
+
+@contextmanager
+def _renderers(workers: int) -> Iterator[multiprocessing.pool.Pool | None]:
+    """Processes forked from this one (only numpy and Pillow run in them), or None for one."""
+    if workers < 2 or "fork" not in multiprocessing.get_all_start_methods():
+        yield None
+        return
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        yield pool
+
+
+def _encode(job: tuple[DomainStyle, int, Identity, np.random.SeedSequence]) -> bytes:
+    style, label, identity, seed = job
+    return encode_sample(style, label, identity, np.random.default_rng(seed))
+
+
 def _render_split(
-    root: Path, style: DomainStyle, split_id: int, n: int, seed: int, bar: tqdm
+    root: Path, style: DomainStyle, split_id: int, n: int, seed: int, bar: tqdm,
+    pool: multiprocessing.pool.Pool | None = None,
 ) -> list[Row]:
     """Render one split; each image draws from its own child stream of the split's seed."""
     split = SPLITS[split_id]
@@ -132,15 +160,16 @@ def _render_split(
     labels = plan.permutation(
         np.repeat(np.arange(len(CANONICAL_CLASSES)), class_counts(n, style.class_frequencies))
     )
-    pool = [Identity.sample(plan) for _ in range(-(-n // style.images_per_identity))]
-    owners = plan.permutation(np.arange(n) % len(pool))
+    identities = [Identity.sample(plan) for _ in range(-(-n // style.images_per_identity))]
+    owners = plan.permutation(np.arange(n) % len(identities))
     folder = root / "images" / split
     folder.mkdir(parents=True)
+    jobs = [(style, int(label), identities[owner], image_seed)
+            for label, owner, image_seed in zip(labels, owners, image_seeds, strict=True)]
+    encoded = (map(_encode, jobs) if pool is None
+               else pool.imap(_encode, jobs, chunksize=RENDER_CHUNK))
     rows = []
-    for index, (label, owner, image_seed) in enumerate(
-        zip(labels, owners, image_seeds, strict=True)
-    ):
-        data = encode_sample(style, int(label), pool[owner], np.random.default_rng(image_seed))
+    for index, (label, data) in enumerate(zip(labels, encoded, strict=True)):
         name = f"{index:06d}{style.suffix}"
         (folder / name).write_bytes(data)
         rows.append((f"images/{split}/{name}", int(label), split))
