@@ -14,8 +14,8 @@ on top of a setup, such as `method: shot` or an ablation switch) and its seeds:
     jobs: auto                                  # experiments at once (optional)
 
 Every run is an ordinary experiment in `<output_root>/<name>/`. Runs of one
-setup and seed share their source model, and their SwAV backbone when its
-settings agree (the shared folders are named after a digest of those settings),
+setup and seed share their source model, and their stage 1 and SwAV backbone when
+those settings agree (the shared folders are named after a digest of the settings),
 so a method costs only what is its own. `jobs` experiments run at once (`auto`: two on a
 machine without GPUs, where all their stage processes share the CPU threads through one
 pool, so no core idles while another run's stage could use it; one with GPUs; `clup
@@ -128,8 +128,11 @@ def run_config(grid: Grid, setup: str, method: str, seed: int) -> ExperimentConf
     config = load_experiment(grid.setups[setup], overrides)
     # Shared folders named after what they depend on: methods that agree on the source
     # (or SwAV) settings share it, one that changes them gets its own.
-    config.source.run_name = config.swav.run_name = None
+    config.source.run_name = config.swav.run_name = config.cluster_labeler.run_name = None
     config.source.run_name = f"{_slug(setup)}--shared-source-{fingerprint(config, 'source')[:8]}"
+    # Stage 1 after the source: its digest covers the source model it labels with.
+    config.cluster_labeler.run_name = (f"{_slug(setup)}--shared-stage1-"
+                                       f"{fingerprint(config, 'stage1')[:8]}")
     config.swav.run_name = f"{_slug(setup)}--shared-swav-{fingerprint(config, 'stage2')[:8]}"
     return config
 
@@ -187,11 +190,15 @@ def _run_parallel(grid: Grid, runs: list[Run], jobs: int,
         _announce(number, runs, "starting")
         tag = f"[{number + 1}/{len(runs)}]"
         outcome = _run_one(run, pool, cancel,
-                           lambda line: print(f"{tag} {line}" if line.startswith("[clup]")
-                                              else line, flush=True))
+                           lambda text: _say("\n".join(f"{tag} {line}" if line.strip() else line
+                                                       for line in text.split("\n"))))
         with lock:
             results[number] = outcome
             write_outputs(grid, _rows(runs, results))
+        accuracy = outcome["target_accuracy"]
+        _announce(number, runs, "done, target accuracy "
+                  + ("n/a" if accuracy is None else f"{100 * accuracy:.1f}%")
+                  + f" ({len(results)} of {len(runs)} runs done)")
 
     with ThreadPoolExecutor(max_workers=jobs, thread_name_prefix="clup-run") as executor:
         futures = [executor.submit(work, number) for number in range(len(runs))]
@@ -205,10 +212,19 @@ def _run_parallel(grid: Grid, runs: list[Run], jobs: int,
             raise
 
 
+_PRINT_LOCK = threading.Lock()
+
+
+def _say(line: str) -> None:
+    """One whole line at a time: the runner threads print at once."""
+    with _PRINT_LOCK:
+        print(line, flush=True)
+
+
 def _announce(number: int, runs: list[Run], what: str) -> None:
     run = runs[number]
-    print(f"[clup benchmark] run {number + 1}/{len(runs)}: {run.setup}, {run.method}, "
-          f"seed {run.seed}: {what}", flush=True)
+    _say(f"[clup benchmark] run {number + 1}/{len(runs)}: {run.setup}, {run.method}, "
+         f"seed {run.seed}: {what}")
 
 
 def _rows(runs: list[Run], results: dict[int, dict[str, Any]]) -> list[dict[str, Any]]:

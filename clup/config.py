@@ -172,8 +172,11 @@ class ClusterLabelerConfig:
     `kmeans_backend`: `faiss` (on the GPU when faiss has one), `sklearn`, or `auto` (faiss
     when installed); both run Lloyd iterations up to `kmeans_max_iter` with sklearn's
     convergence test, keeping the best of `kmeans_n_init` seeded starts.
+    `run_name`: a run folder (under `output_root`) shared by the experiments whose stage 1
+    settings agree (a benchmark names it after their digest). Default: the experiment's own.
     """
 
+    run_name: str | None = None
     labels: Literal["cluster", "instance"] = "cluster"
     score: Literal["purity", "confidence"] = "purity"
     num_clusters: int = 250
@@ -187,6 +190,8 @@ class ClusterLabelerConfig:
     batch_size: int = 256
 
     def validate(self, key: str) -> None:
+        if self.run_name is not None:
+            _folder_name(self.run_name, f"{key}.run_name")
         _positive(self.num_clusters, f"{key}.num_clusters")
         if not 0 < self.selection_ratio <= 1:
             raise ConfigError(
@@ -208,11 +213,15 @@ class SwAVConfig:
     `multicrop`: `batched` cuts and alters the crops of a whole batch at once on the
     training device (clup/data/batch_augment.py); `per_image` runs albumentations on each
     image in the loader (clup/data/transforms.py). Same augmentations and ranges; batched
-    costs far less (benchmarks/throughput.py).
+    costs far less (README, "Speed settings"). `crop_source_size`: with `batched`, the side
+    the loader resizes each image to before the crops are cut (null: the prepared size
+    for AFE, RAF-DB, ExpW and FER2013, so small crops keep the file's detail as the
+    per-image path does; `preprocessing.image_size` for other data).
     """
 
     run_name: str | None = None
     multicrop: Literal["batched", "per_image"] = "batched"
+    crop_source_size: int | None = None
     epochs: int = 200
     batch_size: int = 64
     optimizer: OptimizerConfig = field(
@@ -241,6 +250,9 @@ class SwAVConfig:
         for name in ("epochs", "batch_size", "n_prototypes", "projection_hidden_dim",
                      "projection_dim", "local_crop_size"):
             _positive(getattr(self, name), f"{key}.{name}")
+        if self.crop_source_size is not None and self.crop_source_size < 8:
+            raise ConfigError(f"{key}.crop_source_size must be null or at least 8, got "
+                              f"{self.crop_source_size}")
         if self.n_global_crops < 2:
             raise ConfigError(f"{key}.n_global_crops must be >= 2 for swapped prediction")
         for name in ("global_crop_scale", "local_crop_scale"):

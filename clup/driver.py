@@ -265,8 +265,9 @@ def report_results(config: ExperimentConfig, run_dir: Path,
 
 
 def collect_results(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
-    stage1 = read_json(run_dir / "stage1" / "summary.json")
-    source_on_target = read_json(run_dir / "stage1" / "source_on_target.json")
+    stage1_dir = stage_dir(config, run_dir, "stage1")
+    stage1 = read_json(stage1_dir / "summary.json")
+    source_on_target = read_json(stage1_dir / "source_on_target.json")
     # The adapted model is the last stage's: stage 3 (CluP), adapt (a baseline), or none.
     last = [n for n in active_stages(config) if n in ("stage3", "adapt")]
     adapted = read_json(run_dir / last[0] / "metrics.json") if last else source_on_target

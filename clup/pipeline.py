@@ -117,15 +117,19 @@ def fingerprint(config: ExperimentConfig, name: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-SHARED_RUN_KEYS = {"source": "source.run_name", "stage2": "swav.run_name"}
-"""Stages whose folder experiments may share: the source model, and SwAV (it depends on
-the target only, so the setups with one target share it, as the reference release did)."""
+SHARED_RUN_KEYS = {"source": "source.run_name", "stage1": "cluster_labeler.run_name",
+                   "stage2": "swav.run_name"}
+"""Stages whose folder experiments may share: the source model, stage 1 (the methods of a
+benchmark that agree on its settings), and SwAV (it depends on the target only, so the
+setups with one target share it, as the reference release did)."""
 
 
 def shared_run(config: ExperimentConfig, name: str) -> str | None:
     """The shared run folder a stage lives in, if the experiment names one."""
     if name == "source":
         return config.source.run_name
+    if name == "stage1":
+        return config.cluster_labeler.run_name
     if name == "stage2":
         return config.swav.run_name
     return None

@@ -102,6 +102,21 @@ def test_batch_input_resizes_to_the_input_size_as_uint8_chw() -> None:
     import numpy as np
 
     image = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    out = B.BatchInput(PreprocessingConfig(image_size=16))(image=image)["image"]
+    out = B.BatchInput(16)(image=image)["image"]
     assert out.dtype == torch.uint8 and tuple(out.shape) == (3, 16, 16)
     assert math.isclose(out.float().mean().item(), float(image.mean()), rel_tol=0.05)
+
+
+def test_batched_crops_are_cut_from_the_prepared_size_of_the_fer_datasets() -> None:
+    from clup.config import DatasetConfig
+    from clup.data.datamodule import DomainDataModule
+
+    def side(kind: str, **swav: int) -> int:
+        return DomainDataModule(DatasetConfig(kind=kind, path="x", prepared_size=160), [],
+                                PreprocessingConfig(image_size=64),
+                                train_views="multicrop", swav=SwAVConfig(**swav)
+                                ).crop_source_size
+
+    assert side("rafdb") == 160  # small local crops keep the file's detail
+    assert side("folders") == 64
+    assert side("rafdb", crop_source_size=96) == 96

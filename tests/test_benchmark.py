@@ -67,6 +67,9 @@ def test_interrupted_benchmark_resumes_and_tabulates(
     # Both methods of a seed share one source model: one source folder per seed.
     assert len(list(folder.glob("studio-to-wild--shared-source-*"))) == 2
     assert len(list(folder.glob("studio-to-wild--shared-swav-*"))) == 2
+    # Their stage 1 settings agree too: one stage 1 per seed, none in the run folders.
+    assert len(list(folder.glob("studio-to-wild--shared-stage1-*/stage1/done.json"))) == 2
+    assert not list(folder.glob("studio-to-wild--CluP--seed*/stage1"))
     source_only = [r for r in rows if r["method"] == "source only"]
     assert all(r["target_accuracy"] == r["source_on_target"] for r in source_only)
     text = (folder / "benchmark.md").read_text()

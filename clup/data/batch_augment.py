@@ -3,7 +3,7 @@
 The per-image albumentations pipeline (`transforms.MultiCrop`) costs about a millisecond of
 Python per image for four crops, as much as a small CNN's training step on the CPU, and on a
 GPU it is the loader that limits SwAV. Here the loader only decodes and resizes each image
-to the model's input size (`BatchInput`); `BatchMultiCrop` then draws every
+to one size (`BatchInput`); `BatchMultiCrop` then draws every
 crop's parameters for the whole batch at once and applies them with a few tensor
 operations, in the same family and ranges as `transforms.MultiCrop` (SwAV's recipe, Caron et
 al., NeurIPS 2020):
@@ -19,7 +19,8 @@ al., NeurIPS 2020):
   defaults), with probability 0.5 for global and 0.1 for local crops, mirrored borders;
 - then the preprocessing's normalisation.
 
-The crops are cut from the image at the model's input size, not at the file's resolution.
+The crops are cut from the image at `swav.crop_source_size` (by default the prepared size of
+the FER datasets, the model's input size for other data).
 Random numbers come from torch's generator of the batch's device, seeded per run by
 `seed_everything`.
 """
@@ -46,11 +47,12 @@ GREY_WEIGHTS = (0.299, 0.587, 0.114)
 
 
 class BatchInput:
-    """What the loader does per image before `BatchMultiCrop`: resize to the input size and
-    make a uint8 CHW tensor (augmentation and normalisation happen on the batch)."""
+    """What the loader does per image before `BatchMultiCrop`: resize to `size` (the side
+    the crops are cut from) and make a uint8 CHW tensor (augmentation and normalisation
+    happen on the batch)."""
 
-    def __init__(self, pre: PreprocessingConfig) -> None:
-        self.resize = A.Resize(pre.image_size, pre.image_size)
+    def __init__(self, size: int) -> None:
+        self.resize = A.Resize(size, size)
 
     def __call__(self, *, image: np.ndarray) -> dict[str, torch.Tensor]:
         resized = self.resize(image=image)["image"]

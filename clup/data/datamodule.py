@@ -23,7 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from clup.config import DatasetConfig, PreprocessingConfig, RuntimeConfig, SwAVConfig
+from clup.config import RAW_DATASETS, DatasetConfig, PreprocessingConfig, RuntimeConfig, SwAVConfig
 from clup.data.batch_augment import BatchInput, BatchMultiCrop
 from clup.data.datasets import prepare_dataset, read_dataset
 from clup.data.manifest import ImageTable
@@ -171,7 +171,7 @@ class DomainDataModule(L.LightningDataModule):
         if self.train_views == "multicrop":
             if self.swav is None:
                 raise ValueError("multicrop views need the swav settings")
-            transform = (BatchInput(self.preprocessing) if self.swav.multicrop == "batched"
+            transform = (BatchInput(self.crop_source_size) if self.swav.multicrop == "batched"
                          else MultiCrop(self.preprocessing, self.swav))
             dataset = ImageDataset(table, transform, cache_bytes=self._cache_bytes)
         elif self.train_views == "pseudo_labels":
@@ -195,6 +195,15 @@ class DomainDataModule(L.LightningDataModule):
             dataset = ImageDataset(table, train_transform(self.preprocessing, self.color_jitter),
                                    cache_bytes=self._cache_bytes)
         return self._loader(dataset, self.batch_size, shuffle=True)
+
+    @property
+    def crop_source_size(self) -> int:
+        """The side SwAV's batched crops are cut from (see `SwAVConfig.crop_source_size`)."""
+        if self.swav is not None and self.swav.crop_source_size is not None:
+            return self.swav.crop_source_size
+        if self.dataset.kind in RAW_DATASETS:
+            return self.dataset.prepared_size
+        return self.preprocessing.image_size
 
     @property
     def _cache_bytes(self) -> int:

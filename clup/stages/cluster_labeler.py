@@ -149,7 +149,7 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     """Write `stage1/pseudo_labels.csv`, `summary.json` and the source model's target metrics.
 
     Every rank embeds its share of the images; rank 0 clusters and writes the tables."""
-    stage_dir = run_dir / "stage1"
+    folder = stage_dir(config, run_dir, "stage1")
     source = load_source(config, run_dir)
     datamodule = DomainDataModule(
         config.require_target(), config.classes, source.preprocessing,
@@ -160,8 +160,8 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     datamodule.setup()
     table = datamodule.train_table
     labeler = ClusterLabeler(source.model, config.cluster_labeler, config.seed,
-                             stage_dir / "features", len(table))
-    trainer = make_trainer(config, stage_dir, "stage1")
+                             folder / "features", len(table))
+    trainer = make_trainer(config, folder, "stage1")
     if not labeler.features_complete:
         trainer.predict(labeler, datamodule=datamodule, return_predictions=False)
     source_eval = ClassifierModule(source.model, config.classes, OptimizerConfig())
@@ -170,9 +170,9 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         # The last collective is behind: rank 0 alone clusters, the others need not wait.
         finish_loggers(trainer)
         return {}
-    summary = _label_and_write(config, labeler, table, stage_dir)
-    write_json(stage_dir / "source_on_target.json", source_on_target)
-    plot = stage_dir / "pseudo_labels.png"
+    summary = _label_and_write(config, labeler, table, folder)
+    write_json(folder / "source_on_target.json", source_on_target)
+    plot = folder / "pseudo_labels.png"
     for logger in trainer.loggers:
         logger.log_metrics({f"stage1/{k}": v for k, v in summary.items()
                             if isinstance(v, int | float)})

@@ -69,7 +69,8 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     datamodule = DomainDataModule(
         config.require_target(), config.classes, preprocessing,
         batch_size=config.finetune.batch_size, runtime=config.runtime,
-        train_views="pseudo_labels", pseudo_labels=run_dir / "stage1" / "pseudo_labels.csv",
+        train_views="pseudo_labels",
+        pseudo_labels=stage_dir(config, run_dir, "stage1") / "pseudo_labels.csv",
         color_jitter=config.finetune.color_jitter,
     )
     metrics = fit_and_evaluate(config, run_dir / "stage3", "stage3", module, datamodule,
