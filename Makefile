@@ -14,7 +14,7 @@ ARGS ?=
 help:
 	@echo "make demo          - run the whole CluP pipeline on the embedded synthetic-faces benchmark"
 	@echo "make test          - lint and run the test suite"
-	@echo "make benchmark-demo - every method and ablation on the embedded benchmark, 3 seeds (~40 min)"
+	@echo "make benchmark-demo - every method and ablation on the embedded benchmark, 3 seeds (~30 min)"
 	@echo "make afe-expw      - a paper setup on your datasets (also afe-fer2013, rafdb-expw,"
 	@echo "                     rafdb-fer2013); needs CLUP_DATA_ROOT, see README"
 	@echo "make source-afe    - train only a source model (also source-rafdb)"
