@@ -32,7 +32,6 @@ import io
 import json
 import re
 import threading
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,13 +138,13 @@ def run_config(grid: Grid, setup: str, method: str, seed: int) -> ExperimentConf
 
 def run_benchmark(path: Path, jobs: int | None = None) -> list[dict[str, Any]]:
     """Run (or resume) every run of the grid, `jobs` at once; write and return the rows."""
+    from clup import driver
     from clup.data.datasets import prepare_dataset
-    from clup.driver import visible_gpus
     from clup.plan import datasets_used
 
     grid = load_grid(path)
     runs = plan_runs(grid)
-    gpus = visible_gpus(runs[0].config)
+    gpus = driver.visible_gpus(runs[0].config)
     jobs = min(jobs or grid.jobs or (1 if gpus else CPU_JOBS), len(runs))
     # Datasets first, one at a time: runs starting together must not render one twice.
     for run in runs:
@@ -155,7 +154,7 @@ def run_benchmark(path: Path, jobs: int | None = None) -> list[dict[str, Any]]:
     if jobs == 1:
         for number, run in enumerate(runs):
             _announce(number, runs, "starting")
-            results[number] = _run_one(run, None, None, print)
+            results[number] = driver.run_experiment(run.config)
             write_outputs(grid, _rows(runs, results))
     else:
         _run_parallel(grid, runs, jobs, results)
@@ -165,21 +164,13 @@ def run_benchmark(path: Path, jobs: int | None = None) -> list[dict[str, Any]]:
     return rows
 
 
-def _run_one(run: Run, pool: Path | None, cancel: threading.Event | None,
-             echo: Callable[[str], None]) -> dict[str, Any]:
-    from clup import driver
-
-    if pool is None:
-        return driver.run_experiment(run.config)
-    return driver.run_experiment(run.config, thread_pool=pool, quiet=True, echo=echo,
-                                 cancel=cancel)
-
-
 def _run_parallel(grid: Grid, runs: list[Run], jobs: int,
                   results: dict[int, dict[str, Any]]) -> None:
     """`jobs` runs at once in threads (each waits on its stage processes); on a failure or
     Ctrl-C no new run starts and the running ones are stopped."""
-    pool = grid.folder / ".threads"
+    from clup import driver
+
+    pool = grid.folder / driver.THREAD_POOL_NAME
     cancel = threading.Event()
     lock = threading.Lock()
 
@@ -189,9 +180,10 @@ def _run_parallel(grid: Grid, runs: list[Run], jobs: int,
         run = runs[number]
         _announce(number, runs, "starting")
         tag = f"[{number + 1}/{len(runs)}]"
-        outcome = _run_one(run, pool, cancel,
-                           lambda text: _say("\n".join(f"{tag} {line}" if line.strip() else line
-                                                       for line in text.split("\n"))))
+        outcome = driver.run_experiment(
+            run.config, thread_pool=pool, quiet=True, cancel=cancel,
+            echo=lambda text: _say("\n".join(f"{tag} {line}" if line.strip() else line
+                                             for line in text.split("\n"))))
         with lock:
             results[number] = outcome
             write_outputs(grid, _rows(runs, results))

@@ -42,16 +42,22 @@ STATUS_EVERY_S = 20.0
 POLL_S = 0.5
 
 
-def plan_devices(gpus: list[str], cpu_threads: int, stage1_gpus: int = 1
-                 ) -> dict[str, dict[str, str]]:
+def plan_devices(gpus: list[str], cpu_threads: int, stage1_gpus: int = 1,
+                 thread_pool: Path | None = None) -> dict[str, dict[str, str]]:
     """Environment per stage: stage 1 takes the first `stage1_gpus` GPUs and stage 2 (or a
     baseline's adaptation) the others, both at once; the source model and stage 3 take all.
 
-    When stage 1 leaves no GPU over, the concurrent stages share its GPUs; without GPUs
-    they split the CPU threads.
+    When stage 1 leaves no GPU over, the concurrent stages share its GPUs. Without GPUs,
+    given a `thread_pool` every stage may use every thread and those running at once
+    split them (clup/threads.py); without one the concurrent stages get half each.
     """
     threads = str(max(1, cpu_threads // 2))
     all_threads = str(max(1, cpu_threads))
+    if not gpus and thread_pool is not None:
+        shared = {"CUDA_VISIBLE_DEVICES": "", THREADS_VARIABLE: all_threads,
+                  POOL_VARIABLE: str(thread_pool)}
+        return {name: dict(shared) for name in ("source", "stage1", "stage2", "adapt",
+                                                "stage3")}
     first = ",".join(gpus[:stage1_gpus])
     rest = ",".join(gpus[stage1_gpus:]) or first
     every = ",".join(gpus)
@@ -99,22 +105,14 @@ def run_experiment(config: ExperimentConfig, *, thread_pool: Path | None = None,
     target = read_dataset(config.require_target(), config.classes, "target")
     check_cluster_count(config, len(target["train"]))
     gpus = visible_gpus(config)
-    env = plan_devices(gpus, cpu_threads(config), config.runtime.stage1_gpus)
-    if not gpus:
-        env = share_threads(env, thread_pool or run_dir / THREAD_POOL_NAME, cpu_threads(config))
+    env = plan_devices(gpus, cpu_threads(config), config.runtime.stage1_gpus,
+                       thread_pool or run_dir / THREAD_POOL_NAME)
     _run_stages(config, run_dir, active_stages(config), env, stage_order(config, gpus),
                 quiet, echo, cancel)
     return report_results(config, run_dir, echo)
 
 
 THREAD_POOL_NAME = ".threads"
-
-
-def share_threads(env: dict[str, dict[str, str]], pool: Path, cpu_threads: int
-                  ) -> dict[str, dict[str, str]]:
-    """Every stage may use every thread; those running at once split them (clup/threads.py)."""
-    shared = {POOL_VARIABLE: str(pool), THREADS_VARIABLE: str(max(1, cpu_threads))}
-    return {name: {**stage_env, **shared} for name, stage_env in env.items()}
 
 
 def stage_order(config: ExperimentConfig, gpus: list[str]) -> dict[str, tuple[str, ...]]:
@@ -173,20 +171,23 @@ def _run_stages(config: ExperimentConfig, run_dir: Path, names: list[str],
     done: set[str] = set()
     running: dict[str, tuple[subprocess.Popen, Path | None]] = {}
     last_status = time.monotonic()
+
+    def ready() -> list[str]:
+        return [n for n in pending if all(w in done for w in order[n])]
+
     try:
         while pending or running:
             if cancel is not None and cancel.is_set():
                 raise StageFailed(f"{config.name}: stopped, since another run failed or was "
                                   "interrupted; rerun to continue")
-            for name in [n for n in pending if all(w in done for w in order[n])]:
+            for name in ready():
                 pending.remove(name)
                 if done_record(config, run_dir, name) is not None:
                     echo(f"[clup] {STAGES[name].title}: done already, reused")
                     done.add(name)
                     continue
-                ready = [n for n in pending if all(w in done for w in order[n])]
                 log = None
-                if quiet or running or ready or _can_start_beside(name, pending, order):
+                if quiet or running or ready() or _can_start_beside(name, pending, order):
                     log = stage_dir(config, run_dir, name) / LOG_NAME
                 echo(f"[clup] {STAGES[name].title}: running"
                      + (f", log {log}" if log is not None else ""))
@@ -207,8 +208,7 @@ def _run_stages(config: ExperimentConfig, run_dir: Path, names: list[str],
                 last_status = time.monotonic()
                 for name, log in logged.items():
                     echo(f"[clup] {STAGES[name].title}: {last_progress_line(log)}")
-            if pending and not running and not any(all(w in done for w in order[n])
-                                                   for n in pending):
+            if pending and not running and not ready():
                 raise RuntimeError(f"stages {pending} wait for stages that never run")
             time.sleep(POLL_S)
     except BaseException:

@@ -68,7 +68,7 @@ def check_cluster_count(config: ExperimentConfig, train_images: int) -> None:
 
 def describe_plan(config: ExperimentConfig, gpus: list[str], cpu_threads: int) -> str:
     """Read every input and say what `clup run` would do, without training."""
-    from clup.driver import THREAD_POOL_NAME, plan_devices, share_threads
+    from clup.driver import THREAD_POOL_NAME, plan_devices
     from clup.pipeline import STAGES, active_stages, done_record, stage_dir
 
     check_inputs(config)
@@ -77,9 +77,8 @@ def describe_plan(config: ExperimentConfig, gpus: list[str], cpu_threads: int) -
     for key, dataset in datasets_used(config):
         lines += [f"    {key:<12} {line}" for line in _describe_data(dataset, key, config)]
     lines += [f"  source model   {_describe_source(config)}", "  stages"]
-    env = plan_devices(gpus, cpu_threads, config.runtime.stage1_gpus)
-    if not gpus:
-        env = share_threads(env, config.run_dir / THREAD_POOL_NAME, cpu_threads)
+    env = plan_devices(gpus, cpu_threads, config.runtime.stage1_gpus,
+                       config.run_dir / THREAD_POOL_NAME)
     for name in active_stages(config):
         state = ("done, reused" if done_record(config, config.run_dir, name) is not None
                  else "will run")

@@ -146,7 +146,7 @@ def test_without_gpus_swav_trains_beside_the_source_model_sharing_one_thread_poo
                      "stage3": ("stage1", "stage2")}
     assert driver.stage_order(config, gpus=["0"])["stage2"] == ("source",)
     pool = tmp_path / "pool"
-    env = driver.share_threads(plan_devices([], cpu_threads=2), pool, 2)
+    env = plan_devices([], cpu_threads=2, thread_pool=pool)
     partners = {"source": "stage2", "stage2": "source", "stage1": "-", "stage3": "-"}
     marks = _fake_stages(config, tmp_path, monkeypatch, partners)
     lines: list[str] = []

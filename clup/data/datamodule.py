@@ -147,7 +147,9 @@ class DomainDataModule(L.LightningDataModule):
         self.pseudo_labels = pseudo_labels
         self.color_jitter = color_jitter
         self.splits: dict[str, ImageTable] = {}
-        self._multicrop: BatchMultiCrop | None = None
+        # SwAV's crops of a training batch, when they are cut on the device.
+        batched = train_views == "multicrop" and swav is not None and swav.multicrop == "batched"
+        self._multicrop = BatchMultiCrop(preprocessing, swav) if batched else None
 
     def prepare_data(self) -> None:
         prepare_dataset(self.dataset, self.key)
@@ -171,7 +173,7 @@ class DomainDataModule(L.LightningDataModule):
         if self.train_views == "multicrop":
             if self.swav is None:
                 raise ValueError("multicrop views need the swav settings")
-            transform = (BatchInput(self.crop_source_size) if self.swav.multicrop == "batched"
+            transform = (BatchInput(self.crop_source_size) if self._multicrop is not None
                          else MultiCrop(self.preprocessing, self.swav))
             dataset = ImageDataset(table, transform, cache_bytes=self._cache_bytes)
         elif self.train_views == "pseudo_labels":
@@ -219,18 +221,8 @@ class DomainDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         training = self.trainer is not None and self.trainer.training
-        return on_device(batch, self._batch_multicrop if training else None,
+        return on_device(batch, self._multicrop if training else None,
                          self.runtime.channels_last)
-
-    @property
-    def _batch_multicrop(self) -> BatchMultiCrop | None:
-        """SwAV's crops of a training batch, when they are cut on the device."""
-        if self.train_views != "multicrop" or self.swav is None \
-                or self.swav.multicrop != "batched":
-            return None
-        if self._multicrop is None:
-            self._multicrop = BatchMultiCrop(self.preprocessing, self.swav)
-        return self._multicrop
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         # Each of the ranks sees 1/world of the data: dropping its last partial batch must
