@@ -55,13 +55,7 @@ def test_interrupted_benchmark_resumes_and_tabulates(
     assert [(r["method"], r["seed"]) for r in rows] == [
         ("source only", 0), ("CluP", 0), ("source only", 1), ("CluP", 1)]
     assert finished.stat().st_mtime_ns == stamp  # the finished run was not redone
-    # Seed 1's two runs ran at once: SwAV (CluP's) started before the source model (which
-    # both share) was done, and their stage processes shared one thread pool.
-    swav = sorted(folder.glob("studio-to-wild--shared-swav-*/stage2/started.json"),
-                  key=lambda p: p.stat().st_mtime)[-1]
-    source = sorted(folder.glob("studio-to-wild--shared-source-*/source/done.json"),
-                    key=lambda p: p.stat().st_mtime)[-1]
-    assert swav.stat().st_mtime < source.stat().st_mtime
+    # The runs' stage processes shared one thread pool, left empty once they ended.
     assert (folder / ".threads").is_dir() and not list((folder / ".threads").iterdir())
     assert all(0 <= r["target_accuracy"] <= 1 for r in rows)
     # Both methods of a seed share one source model: one source folder per seed.
