@@ -9,10 +9,7 @@ one cannot corrupt another. The driver only orchestrates.
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -21,11 +18,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from clup import launch
 from clup.config import ExperimentConfig, dump_yaml
 from clup.data.datasets import prepare_dataset, read_dataset
-from clup.distributed import LAUNCHER_VARIABLE
+from clup.distributed import LAUNCHER_VARIABLE, local_processes
 from clup.errors import StageFailed
 from clup.io import read_json, write_json, write_text
+from clup.launch import PreloadedProcess
 from clup.pipeline import (
     CONCURRENT,
     LOG_NAME,
@@ -100,13 +99,15 @@ def run_experiment(config: ExperimentConfig, *, thread_pool: Path | None = None,
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     write_text(run_dir / "config.yaml", dump_yaml(config))
+    gpus = visible_gpus(config)
+    env = plan_devices(gpus, cpu_threads(config), config.runtime.stage1_gpus,
+                       thread_pool or run_dir / THREAD_POOL_NAME)
+    if preloads_stages(config, env):
+        launch.warm_up()  # imports while the data are prepared and read
     for key, dataset in datasets_used(config):
         prepare_dataset(dataset, key)
     target = read_dataset(config.require_target(), config.classes, "target")
     check_cluster_count(config, len(target["train"]))
-    gpus = visible_gpus(config)
-    env = plan_devices(gpus, cpu_threads(config), config.runtime.stage1_gpus,
-                       thread_pool or run_dir / THREAD_POOL_NAME)
     _run_stages(config, run_dir, active_stages(config), env, stage_order(config, gpus),
                 quiet, echo, cancel)
     return report_results(config, run_dir, echo)
@@ -134,27 +135,18 @@ def _command(name: str, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "clup.cli", "stage", name, str(run_dir)]
 
 
-def _die_with_parent() -> None:
-    """Linux: a stage process gets SIGTERM if the thread that started it ends, even by
-    SIGKILL of the driver (so a benchmark's runner threads live until their stages end)."""
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
-def _start(name: str, run_dir: Path, extra_env: dict[str, str], log: Path | None
-           ) -> subprocess.Popen:
+def _start(name: str, run_dir: Path, extra_env: dict[str, str], log: Path | None,
+           preloaded: bool) -> subprocess.Popen | PreloadedProcess:
     env = {**os.environ, **extra_env, LAUNCHER_VARIABLE: "local"}
-    output = None
-    if log is not None:
-        log.parent.mkdir(parents=True, exist_ok=True)
-        output = log.open("ab")
-    try:
-        return subprocess.Popen(_command(name, run_dir), env=env, stdout=output,
-                                stderr=subprocess.STDOUT if output else None,
-                                preexec_fn=_die_with_parent)
-    finally:
-        if output is not None:
-            output.close()
+    return launch.start(_command(name, run_dir), env, log, preloaded)
+
+
+def preloads_stages(config: ExperimentConfig, env: dict[str, dict[str, str]]) -> bool:
+    """Whether the stages start as forks of one preloaded process (clup/launch.py): when
+    `runtime.preload_stages` allows it, no stage has a GPU and each is one process."""
+    cpu_only = all(POOL_VARIABLE in stage_env for stage_env in env.values())
+    return (config.runtime.preload_stages and cpu_only
+            and local_processes(config.runtime) == 1 and config.runtime.num_nodes == 1)
 
 
 def _run_stages(config: ExperimentConfig, run_dir: Path, names: list[str],
@@ -169,7 +161,8 @@ def _run_stages(config: ExperimentConfig, run_dir: Path, names: list[str],
     """
     pending = list(names)
     done: set[str] = set()
-    running: dict[str, tuple[subprocess.Popen, Path | None]] = {}
+    running: dict[str, tuple[subprocess.Popen | PreloadedProcess, Path | None]] = {}
+    preloaded = preloads_stages(config, env)
     last_status = time.monotonic()
 
     def ready() -> list[str]:
@@ -191,7 +184,7 @@ def _run_stages(config: ExperimentConfig, run_dir: Path, names: list[str],
                     log = stage_dir(config, run_dir, name) / LOG_NAME
                 echo(f"[clup] {STAGES[name].title}: running"
                      + (f", log {log}" if log is not None else ""))
-                running[name] = (_start(name, run_dir, env[name], log), log)
+                running[name] = (_start(name, run_dir, env[name], log, preloaded), log)
             for name, (process, log) in list(running.items()):
                 code = process.poll()
                 if code is None:
@@ -225,7 +218,7 @@ def _can_start_beside(name: str, pending: list[str], order: dict[str, tuple[str,
     return any(not needs(other) for other in pending)
 
 
-def _stop(processes: list[subprocess.Popen]) -> None:
+def _stop(processes: list[subprocess.Popen | PreloadedProcess]) -> None:
     for process in processes:
         if process.poll() is None:
             process.terminate()

@@ -34,7 +34,7 @@ def thread_share(total: int, members: list[str], member: str) -> int:
     return max(1, base + (members.index(member) < extra))
 
 
-def _start_time(pid: int) -> str | None:
+def process_start_time(pid: int) -> str | None:
     """The process's start time in clock ticks since boot (Linux), telling a reused pid."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -43,14 +43,14 @@ def _start_time(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _alive(pid: int, start: str | None) -> bool:
+def process_alive(pid: int, start: str | None) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         pass
-    return start is None or _start_time(pid) in (None, start)
+    return start is None or process_start_time(pid) in (None, start)
 
 
 class ThreadPool:
@@ -65,7 +65,7 @@ class ThreadPool:
         self.folder.mkdir(parents=True, exist_ok=True)
         pid = os.getpid()
         self.member = f"{time.time_ns():020d}-{pid}"
-        record = {"pid": pid, "start": _start_time(pid)}
+        record = {"pid": pid, "start": process_start_time(pid)}
         partial = self.folder / f".{self.member}.partial"
         partial.write_text(json.dumps(record))
         os.replace(partial, self.folder / self.member)
@@ -84,7 +84,7 @@ class ThreadPool:
                 record = json.loads(path.read_text())
             except (OSError, ValueError):
                 continue  # just left, or another process is replacing it
-            if path.name == self.member or _alive(record["pid"], record.get("start")):
+            if path.name == self.member or process_alive(record["pid"], record.get("start")):
                 live.append(path.name)
             else:
                 with contextlib.suppress(FileNotFoundError):

@@ -139,7 +139,7 @@ def test_run_killed_during_stage2_resumes_from_its_checkpoint(tmp_path: Path) ->
     assert checkpoint.exists(), "stage 2 never wrote a checkpoint"
     os.kill(driver.pid, signal.SIGKILL)
     driver.wait()
-    _wait_for_no_stage_processes(tmp_path)
+    _wait_for_no_stage_processes(session=driver.pid)
     assert not (tmp_path / "runs/tiny/stage2/done.json").exists()
     interrupted_epoch = torch.load(checkpoint, weights_only=False)["epoch"]
 
@@ -151,11 +151,13 @@ def test_run_killed_during_stage2_resumes_from_its_checkpoint(tmp_path: Path) ->
     assert json.loads((tmp_path / "runs/tiny/results.json").read_text())["target_accuracy"] >= 0
 
 
-def _wait_for_no_stage_processes(tmp_path: Path, timeout: float = 60) -> None:
-    """Stage processes die with the driver (parent-death signal); wait until they have."""
+def _wait_for_no_stage_processes(session: int, timeout: float = 60) -> None:
+    """Stage processes die with the driver (a parent-death signal, or for stages forked
+    from the preloaded server its watch of the driver); wait until no process is left in
+    the driver's session, the server included."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        alive = subprocess.run(["pgrep", "-f", str(tmp_path / "runs")], capture_output=True)
+        alive = subprocess.run(["pgrep", "-s", str(session)], capture_output=True)
         if alive.returncode != 0:
             return
         time.sleep(0.2)

@@ -1,0 +1,58 @@
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from clup import launch
+from clup.config import experiment_from_dict
+from clup.driver import plan_devices, preloads_stages
+from tests.conftest import tiny_experiment
+
+SCRIPT = """\
+import json, os, sys
+preloaded = "torch" in sys.modules  # before this script imports anything heavy
+print(json.dumps({"argv": sys.argv, "env": os.environ.get("CLUP_TEST_VALUE"),
+                  "home": "HOME" in os.environ, "preloaded": preloaded}))
+sys.exit(int(sys.argv[1]))
+"""
+
+
+def test_a_preloaded_stage_runs_its_command_with_its_env_and_exit_code(tmp_path: Path) -> None:
+    """Forked from the server that imported the training stack: the script finds torch
+    imported already, sees exactly the environment given, writes to its log, and its exit
+    code (or the signal that ended it) comes back as Popen's would."""
+    script = tmp_path / "stage.py"
+    script.write_text(SCRIPT)
+    env = {"PATH": os.environ.get("PATH", ""), "CLUP_TEST_VALUE": "seen"}
+    for preloaded in (True, False):
+        log = tmp_path / f"{preloaded}" / "stage.log"
+        process = launch.start([sys.executable, str(script), "3"], env, log, preloaded)
+        assert isinstance(process, launch.PreloadedProcess) == preloaded
+        assert process.wait(timeout=120) == 3 and process.returncode == 3
+        printed = json.loads(log.read_text().strip().splitlines()[-1])
+        assert printed == {"argv": [str(script), "3"], "env": "seen", "home": False,
+                           "preloaded": preloaded}
+    script.write_text("import time\ntime.sleep(60)\n")
+    process = launch.start([sys.executable, str(script)], env, None, preloaded=True)
+    assert process.poll() is None
+    process.terminate()
+    assert process.wait(timeout=30) == -signal.SIGTERM
+
+
+def test_a_preloaded_module_command_runs_as_python_dash_m(tmp_path: Path) -> None:
+    log = tmp_path / "help.log"
+    process = launch.start([sys.executable, "-m", "clup.cli", "stage", "--help"],
+                           dict(os.environ), log, preloaded=True)
+    assert process.wait(timeout=120) == 0
+    assert "run folder holding config.yaml" in log.read_text()
+
+
+def test_stages_are_preloaded_only_on_the_cpu_with_one_process_each(tmp_path: Path) -> None:
+    config = experiment_from_dict(tiny_experiment(tmp_path))
+    cpu = plan_devices([], cpu_threads=2, thread_pool=tmp_path / "pool")
+    assert preloads_stages(config, cpu)
+    assert not preloads_stages(config, plan_devices(["0", "1"], cpu_threads=2))
+    for runtime in ({"preload_stages": False}, {"devices": 2}, {"num_nodes": 2}):
+        other = experiment_from_dict(tiny_experiment(tmp_path, runtime=runtime))
+        assert not preloads_stages(other, cpu), runtime
