@@ -5,7 +5,7 @@ Importing torch, Lightning, torchmetrics and wandb costs a stage process about 9
 core on the 2-core CPU machine (README, "Speed"); a benchmark grid starts some 60 stage
 processes. On runs without GPUs whose stages are one process each, the driver therefore
 starts each stage as a fork of a server process (Python's `forkserver`) that imported
-`PRELOAD` once, and runs the stage's command in it as the interpreter would have. The
+`preload_modules()` once, and runs the stage's command in it as the interpreter would have. The
 server does no work of its own, so nothing is forked from a process that started threads
 or touched a GPU; runs with GPUs or DDP start a fresh interpreter per stage, as before.
 """
@@ -16,6 +16,7 @@ import contextlib
 import ctypes
 import multiprocessing
 import os
+import pkgutil
 import runpy
 import signal
 import subprocess
@@ -26,9 +27,8 @@ from pathlib import Path
 
 from clup.threads import process_alive, process_start_time
 
-PRELOAD = ("clup.cli", "clup.pipeline", "clup.stages.source_classifier",
-           "clup.stages.cluster_labeler", "clup.stages.swav_pretrainer",
-           "clup.stages.pseudo_label_finetuner", "clup.stages.sfda_adapter", "wandb")
+THIRD_PARTY = ("torch", "torchvision", "lightning", "torchmetrics", "albumentations",
+               "sklearn", "wandb", "faiss")
 _server_lock = threading.Lock()
 _context: multiprocessing.context.BaseContext | None = None
 
@@ -86,12 +86,23 @@ def _server_context() -> multiprocessing.context.BaseContext:
     with _server_lock:
         if _context is None:
             context = multiprocessing.get_context("forkserver")
-            context.set_forkserver_preload([m for m in PRELOAD if _importable(m)])
+            context.set_forkserver_preload(preload_modules())
             from multiprocessing import forkserver
 
             forkserver.ensure_running()
             _context = context
         return _context
+
+
+def preload_modules() -> list[str]:
+    """Every module of clup and the heavy libraries it uses (those installed). All of clup,
+    not only what a stage imports at its start: a stage then never imports a clup module
+    later from files edited since the run started, so every stage of a run runs the code
+    as it was when the run started."""
+    import clup
+
+    ours = [m.name for m in pkgutil.walk_packages(clup.__path__, "clup.")]
+    return [m for m in (*THIRD_PARTY, *ours) if _importable(m)]
 
 
 def _importable(module: str) -> bool:

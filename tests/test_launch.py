@@ -11,7 +11,9 @@ from tests.conftest import tiny_experiment
 
 SCRIPT = """\
 import json, os, sys
-preloaded = "torch" in sys.modules  # before this script imports anything heavy
+# Before this script imports anything: torch and every clup module, lazily imported ones too.
+preloaded = all(m in sys.modules for m in ("torch", "clup.stages.swav_pretrainer",
+                                           "clup.data.synthetic.generate"))
 print(json.dumps({"argv": sys.argv, "env": os.environ.get("CLUP_TEST_VALUE"),
                   "home": "HOME" in os.environ, "preloaded": preloaded}))
 sys.exit(int(sys.argv[1]))
@@ -19,8 +21,8 @@ sys.exit(int(sys.argv[1]))
 
 
 def test_a_preloaded_stage_runs_its_command_with_its_env_and_exit_code(tmp_path: Path) -> None:
-    """Forked from the server that imported the training stack: the script finds torch
-    imported already, sees exactly the environment given, writes to its log, and its exit
+    """Forked from the server that imported the training stack: the script finds torch and
+    all of clup imported already (a run's stages run the code as it was when it started), sees exactly the environment given, writes to its log, and its exit
     code (or the signal that ended it) comes back as Popen's would."""
     script = tmp_path / "stage.py"
     script.write_text(SCRIPT)
