@@ -227,27 +227,30 @@ def main(argv: list[str] | None = None) -> int:
     if code != 0:
         print(f"[demo benchmark] the run failed (exit code {code})", file=sys.stderr)
         return code
-    spans = stage_spans(config.run_dir)
-    results = read_json(config.run_dir / "results.json")
+    # A command that ran something else (`make benchmark-demo`, say) has no stages of the
+    # experiment to cut the run at: its wall time and utilisation are over the whole run.
+    ran_experiment = (config.run_dir / "results.json").is_file()
+    spans = stage_spans(config.run_dir) if ran_experiment else {}
+    results = read_json(config.run_dir / "results.json") if ran_experiment else {}
     report = {
-        "experiment": str(args.experiment), "overrides": args.overrides,
+        "experiment": str(args.experiment), "command": args.command,
+        "overrides": args.overrides,
         "run_dir": str(config.run_dir), "wall_s": round(end - begin, 1),
         "machine": {"cores": len(read_cpu_times()), "processor": _processor(),
                     "python": platform.python_version()},
         "stages_s": {n: round(e - s, 1) for n, (s, e) in spans.items()},
         "run_utilisation": _utilisation(sampler, spans, begin, end, run=True),
         "machine_utilisation": _utilisation(sampler, spans, begin, end, run=False),
-        "source_on_target": results["source_on_target"],
-        "target_accuracy": results["target_accuracy"],
-        "selected_accuracy": results["selected_accuracy"],
-        "num_selected": results["num_selected"],
+        **{key: results.get(key) for key in ("source_on_target", "target_accuracy",
+                                             "selected_accuracy", "num_selected")},
     }
     print(describe(report))
     if args.json:
         args.json.write_text(json.dumps(report, indent=2) + "\n")
     if args.plot:
         plot(args.plot, sampler, spans, begin,
-             f"{args.experiment.name}: {report['wall_s']:.0f} s on {report['machine']['cores']}"
+             f"{args.command or args.experiment.name}: {report['wall_s']:.0f} s on "
+             f"{report['machine']['cores']}"
              f" cores, the run kept {100 * (report['run_utilisation']['whole run'] or 0):.0f}%"
              " of them busy")
         print(f"[demo benchmark] plot: {args.plot}")
@@ -264,16 +267,19 @@ def describe(report: dict[str, Any]) -> str:
     def pct(value: float | None) -> str:
         return "n/a" if value is None else f"{100 * value:.1f}%"
 
-    lines = [f"\n{report['experiment']}: {report['wall_s']:.1f} s wall, "
+    what = report["command"] or report["experiment"]
+    lines = [f"\n{what}: {report['wall_s']:.1f} s wall, "
              f"{report['machine']['cores']} cores ({report['machine']['processor']})",
-             "stage spans: " + ", ".join(f"{n} {s:.1f} s" for n, s in report["stages_s"].items()),
+             "stage spans: " + (", ".join(f"{n} {s:.1f} s" for n, s in report["stages_s"].items())
+                                or "none (the command ran no stage of the experiment)"),
              f"CPU utilisation (busy share of all cores){'':<10} the run's  the machine's"]
     machine = report["machine_utilisation"]
     lines += [f"  {name:<42} {pct(value):>10}  {pct(machine[name]):>13}"
               for name, value in report["run_utilisation"].items()]
-    lines.append(f"target test accuracy: source only {pct(report['source_on_target'])}, "
-                 f"adapted {pct(report['target_accuracy'])}; selected pseudo-labels "
-                 f"{pct(report['selected_accuracy'])} of {report['num_selected']}")
+    if report["target_accuracy"] is not None:
+        lines.append(f"target test accuracy: source only {pct(report['source_on_target'])}, "
+                     f"adapted {pct(report['target_accuracy'])}; selected pseudo-labels "
+                     f"{pct(report['selected_accuracy'])} of {report['num_selected']}")
     return "\n".join(lines)
 
 
