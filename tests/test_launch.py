@@ -22,8 +22,9 @@ sys.exit(int(sys.argv[1]))
 
 def test_a_preloaded_stage_runs_its_command_with_its_env_and_exit_code(tmp_path: Path) -> None:
     """Forked from the server that imported the training stack: the script finds torch and
-    all of clup imported already (a run's stages run the code as it was when it started), sees exactly the environment given, writes to its log, and its exit
-    code (or the signal that ended it) comes back as Popen's would."""
+    all of clup imported already (a run's stages run the code as it was when it started),
+    sees exactly the environment given, writes to its log, and its exit code (or the
+    signal that ended it) comes back as Popen's would."""
     script = tmp_path / "stage.py"
     script.write_text(SCRIPT)
     env = {"PATH": os.environ.get("PATH", ""), "CLUP_TEST_VALUE": "seen"}
