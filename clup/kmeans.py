@@ -5,6 +5,8 @@ on at most `max_points_per_centroid * K` rows drawn with the seed (faiss's own c
 then assign every row chunk by chunk, so an [N, D] float16 memmap of millions of rows is never
 held in memory as float32. faiss has no convergence test of its own: Lloyd iterations run one
 at a time from the previous centroids and stop by scikit-learn's criterion (see `fit_kmeans`).
+faiss has no k-means++ either: `kmeans_plusplus` seeds it, as scikit-learn seeds `KMeans`
+(the reference's, altndrr/clup src/systems/utils.py:113), on a sample of the training rows.
 
 `faiss-cpu` is a dependency. For the GPU path install a GPU build instead (conda's
 `faiss-gpu`, or the `faiss-gpu-cu12` wheel); it is used whenever faiss sees a GPU.
@@ -28,7 +30,12 @@ from tqdm import tqdm
 from clup.pseudo_labels import _positive_int
 
 BACKENDS = ("auto", "faiss", "faiss-cpu", "faiss-gpu", "sklearn")
+INITS = ("k-means++", "random")
 MAX_POINTS_PER_CENTROID = 256
+INIT_POINTS_PER_CENTROID = 4
+"""faiss seeds k-means++ on at most this many training rows per centre (scikit-learn's
+MiniBatchKMeans seeds on 3 * K): about 1 s at K = 1000, D = 513 on 2 cores, where all
+91,000 rows take 33 s (README, "Scale and speed")."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -99,11 +106,13 @@ def fit_kmeans(
     *,
     seed: int,
     backend: str = "auto",
+    init: str = "k-means++",
     max_iter: int = 300,
     n_init: int = 1,
     tol: float = 1e-4,
     chunk_rows: int = 65536,
     max_points_per_centroid: int = MAX_POINTS_PER_CENTROID,
+    init_points_per_centroid: int = INIT_POINTS_PER_CENTROID,
     progress: bool = False,
 ) -> KMeansResult:
     """Cluster the rows of features [N, D] (any real dtype, a memmap included) into K clusters.
@@ -111,11 +120,12 @@ def fit_kmeans(
     Every backend stops a run after max_iter Lloyd iterations, or earlier once the summed
     squared shift of the centres in one iteration is at most tol times the mean per-feature
     variance of the data it trains on (scikit-learn's criterion), and keeps the lowest-inertia
-    of n_init runs. faiss runs start from K distinct training rows drawn with the seed; the
-    sklearn backend is `sklearn.cluster.KMeans` (k-means++) on all rows loaded as float32.
-    faiss reads features in chunk_rows blocks and trains on at most
-    max_points_per_centroid * K of them. Both follow `torch.get_num_threads()`.
-    Deterministic for a given seed on the CPU.
+    of n_init runs, each from its own start: `init="k-means++"` (greedy k-means++, Arthur and
+    Vassilvitskii 2007, as scikit-learn runs it) or `"random"` (K distinct rows).
+    The sklearn backend is `sklearn.cluster.KMeans` on all rows loaded as float32. faiss reads
+    features in chunk_rows blocks, trains on at most max_points_per_centroid * K of them and
+    seeds k-means++ on at most init_points_per_centroid * K of those. Both follow
+    `torch.get_num_threads()`. Deterministic for a given seed on the CPU.
     """
     features = _check_features(features)
     num_clusters = _positive_int(num_clusters, "num_clusters")
@@ -126,21 +136,58 @@ def fit_kmeans(
         )
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
+    if init not in INITS:
+        raise ValueError(f"init must be one of {list(INITS)}, got {init!r}.")
     max_iter = _positive_int(max_iter, "max_iter")
     n_init = _positive_int(n_init, "n_init")
     chunk_rows = _positive_int(chunk_rows, "chunk_rows")
     max_points_per_centroid = _positive_int(max_points_per_centroid, "max_points_per_centroid")
+    init_points_per_centroid = _positive_int(init_points_per_centroid,
+                                             "init_points_per_centroid")
     if isinstance(tol, bool) or not isinstance(tol, Real) or not 0 <= tol < float("inf"):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}.")
     resolved = resolve_backend(backend)
     _check_finite(features, chunk_rows)
 
-    run = _Run(features, num_clusters, int(seed), max_iter, n_init, float(tol), chunk_rows,
-               progress)
+    run = _Run(features, num_clusters, int(seed), init, max_iter, n_init, float(tol),
+               chunk_rows, progress)
     with _thread_limit():
         if resolved == "sklearn":
             return _fit_sklearn(run)
-        return _fit_faiss(run, resolved, max_points_per_centroid)
+        return _fit_faiss(run, resolved, max_points_per_centroid, init_points_per_centroid)
+
+
+def kmeans_plusplus(points: np.ndarray, num_clusters: int, rng: np.random.Generator
+                    ) -> np.ndarray:
+    """K rows of points [M, D] float32 chosen by greedy k-means++ (scikit-learn's variant).
+
+    The first row is uniform; each next one is the best of 2 + int(ln K) candidates drawn
+    with probability proportional to their squared distance to the nearest row chosen so
+    far, the best being the one that lowers the summed squared distances most.
+    """
+    trials = 2 + int(np.log(num_clusters))
+    norms = np.einsum("ij,ij->i", points, points)
+    chosen = np.empty(num_clusters, dtype=np.int64)
+    chosen[0] = rng.integers(len(points))
+    closest = _squared_distances(points, norms, chosen[:1])[0]
+    for c in range(1, num_clusters):
+        cumulative = np.cumsum(closest, dtype=np.float64)
+        candidates = np.searchsorted(cumulative, rng.random(trials) * cumulative[-1])
+        distances = np.minimum(_squared_distances(points, norms, candidates), closest)
+        best = int(np.argmin(distances.sum(axis=1, dtype=np.float64)))
+        chosen[c] = candidates[best]
+        closest = distances[best]
+    return points[chosen]
+
+
+def _squared_distances(points: np.ndarray, norms: np.ndarray, rows: np.ndarray
+                       ) -> np.ndarray:
+    """[len(rows), M] squared distances from points[rows] to every point, clipped at 0."""
+    distances = points[rows] @ points.T
+    distances *= -2
+    distances += norms[rows, None]
+    distances += norms[None, :]
+    return np.maximum(distances, 0, out=distances)
 
 
 @dataclass(frozen=True)
@@ -148,6 +195,7 @@ class _Run:
     features: np.ndarray
     num_clusters: int
     seed: int
+    init: str
     max_iter: int
     n_init: int
     tol: float
@@ -216,8 +264,8 @@ def _squared_distance_sum(rows: np.ndarray, centroids: np.ndarray, labels: np.nd
 def _fit_sklearn(run: _Run) -> KMeansResult:
     from sklearn.cluster import KMeans
 
-    kmeans = KMeans(n_clusters=run.num_clusters, n_init=run.n_init, max_iter=run.max_iter,
-                    tol=run.tol, random_state=run.seed)
+    kmeans = KMeans(n_clusters=run.num_clusters, init=run.init, n_init=run.n_init,
+                    max_iter=run.max_iter, tol=run.tol, random_state=run.seed)
     assignments = kmeans.fit_predict(_float32(run.features)).astype(np.int64)
     centroids = kmeans.cluster_centers_.astype(np.float32)
     inertia = sum(
@@ -227,7 +275,8 @@ def _fit_sklearn(run: _Run) -> KMeansResult:
     return KMeansResult(assignments, centroids, inertia, "sklearn", int(kmeans.n_iter_))
 
 
-def _fit_faiss(run: _Run, backend: str, max_points_per_centroid: int) -> KMeansResult:
+def _fit_faiss(run: _Run, backend: str, max_points_per_centroid: int,
+               init_points_per_centroid: int) -> KMeansResult:
     faiss = _faiss()
     rng = np.random.default_rng(run.seed)
     limit = run.num_clusters * max_points_per_centroid
@@ -241,13 +290,21 @@ def _fit_faiss(run: _Run, backend: str, max_points_per_centroid: int) -> KMeansR
     params.check_input_data_for_NaNs = False  # checked once, chunk by chunk, by fit_kmeans
     best: KMeansResult | None = None
     for restart in range(run.n_init):
-        initial = train[rng.choice(len(train), size=run.num_clusters, replace=False)]
+        initial = _initial_centroids(train, run, init_points_per_centroid, rng)
         centroids, iterations = _lloyd(faiss, params, index, train, initial, threshold,
                                        run, f"k-means ({backend}) {restart + 1}/{run.n_init}")
         assignments, inertia = _assign(index, centroids, run)
         if best is None or inertia < best.inertia:
             best = KMeansResult(assignments, centroids, inertia, backend, iterations)
     return best
+
+
+def _initial_centroids(train: np.ndarray, run: _Run, points_per_centroid: int,
+                       rng: np.random.Generator) -> np.ndarray:
+    if run.init == "random":
+        return train[rng.choice(len(train), size=run.num_clusters, replace=False)]
+    sample = _training_rows(train, run.num_clusters * points_per_centroid, rng)
+    return kmeans_plusplus(sample, run.num_clusters, rng)
 
 
 def _training_rows(features: np.ndarray, limit: int, rng: np.random.Generator) -> np.ndarray:

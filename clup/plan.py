@@ -11,18 +11,27 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from clup.config import CANONICAL_CLASSES, RAW_DATASETS, DatasetConfig, ExperimentConfig
+from clup.config import (
+    CANONICAL_CLASSES,
+    RAW_DATASETS,
+    SFDA_METHODS,
+    DatasetConfig,
+    ExperimentConfig,
+)
 from clup.data.datamodule import load_image
 from clup.data.datasets import (
     check_exists,
     describe_dataset,
+    digits_written,
     manifest_of,
     prepared_dir,
     raw_source,
     read_dataset,
 )
+from clup.data.digits import DIGIT_CLASSES, split_sizes
 from clup.data.manifest import ImageTable, map_class_ids
 from clup.errors import CheckpointError, ConfigError
+from clup.presets import resolve_sfda, settings_of
 from clup.threads import POOL_VARIABLE, THREADS_VARIABLE
 
 SAMPLE_IMAGES = 3
@@ -76,6 +85,8 @@ def describe_plan(config: ExperimentConfig, gpus: list[str], cpu_threads: int) -
              f"  output folder  {config.run_dir}", "  data"]
     for key, dataset in datasets_used(config):
         lines += [f"    {key:<12} {line}" for line in _describe_data(dataset, key, config)]
+    if config.method in SFDA_METHODS:
+        lines.append(f"  {config.method} settings  {_describe_sfda(config)}")
     lines += [f"  source model   {_describe_source(config)}", "  stages"]
     env = plan_devices(gpus, cpu_threads, config.runtime.stage1_gpus,
                        config.run_dir / THREAD_POOL_NAME)
@@ -97,8 +108,18 @@ def _describe_data(dataset: DatasetConfig, key: str, config: ExperimentConfig) -
     if dataset.kind in (*RAW_DATASETS, "synthetic"):
         map_class_ids(CANONICAL_CLASSES, config.classes, f"{key} ({where})")
     if dataset.kind == "synthetic" and manifest is not None and not manifest.is_file():
+        if key == "target":
+            resolve_sfda(config, dataset.train_size)
         return [where, f"  not rendered yet: the run renders {dataset.train_size} train and "
                 f"{dataset.test_size} test images"]
+    if dataset.kind == "digits" and not digits_written(dataset):
+        map_class_ids(DIGIT_CLASSES, config.classes, f"{key} ({where})")
+        sizes = split_sizes(dataset.domain, dataset.seed, key)
+        if key == "target":
+            check_cluster_count(config, sizes["train"])
+            resolve_sfda(config, sizes["train"])
+        return [where, f"  not written yet: the run writes {sizes['train']} train and "
+                f"{sizes['test']} test images"]
     if dataset.kind in RAW_DATASETS and manifest is not None and not manifest.is_file():
         reader, root = raw_source(dataset, f"{key}.path")
         faces = reader.read(root, split_seed=dataset.seed)
@@ -108,17 +129,27 @@ def _describe_data(dataset: DatasetConfig, key: str, config: ExperimentConfig) -
             load_image(path)
         if key == "target":
             check_cluster_count(config, sum(f.split == "train" for f in faces))
+            resolve_sfda(config, sum(f.split == "train" for f in faces))
         return [where, f"  not prepared yet: {len(faces)} faces listed, {missing} image files "
                 f"missing (they would be skipped); the run prepares it into "
                 f"{prepared_dir(dataset, key)}"]
     splits = read_dataset(dataset, config.classes, key)
     if key == "target":
         check_cluster_count(config, len(splits["train"]))
+        resolve_sfda(config, len(splits["train"]))
     for table in splits.values():
         _read_samples(table)
     counts = ", ".join(f"{len(t)} {s}{'' if t.has_labels or not len(t) else ' (unlabelled)'}"
                        for s, t in splits.items())
     return [where, f"  {'prepared, ' if dataset.kind in RAW_DATASETS else ''}{counts}"]
+
+
+def _describe_sfda(config: ExperimentConfig) -> str:
+    """The preset the run takes its method's settings from, and those settings."""
+    sfda = config.sfda
+    values = ", ".join(f"{name} {getattr(sfda, name)}"
+                       for name in settings_of(config.method))
+    return f"preset {sfda.preset}: {values}"
 
 
 def _read_samples(table: ImageTable) -> None:

@@ -155,11 +155,12 @@ def test_shot_head_round_trip(tmp_path: Path) -> None:
     assert loaded.head_kind == "shot"
     x = torch.randn(2, 3, 16, 16)
     with torch.no_grad():
-        embedding, logits = loaded(x)
-        assert embedding.shape == (2, config.width * 8)
-        assert loaded.features(x).shape == (2, 256)
-        torch.testing.assert_close(loaded.head(loaded.features(x)), logits)
-        for a, b in zip(model(x), (embedding, logits), strict=True):
+        features, logits = loaded(x)
+        assert loaded.backbone(x).shape == (2, config.width * 8)
+        assert features.shape == (2, loaded.feature_dim) == (2, 256)
+        torch.testing.assert_close(loaded.features(x), features)
+        torch.testing.assert_close(loaded.head(features), logits)
+        for a, b in zip(model(x), (features, logits), strict=True):
             torch.testing.assert_close(a, b)
 
 

@@ -48,6 +48,9 @@ def test_round_trip_through_yaml(tmp_path: Path, tiny_yaml: Path) -> None:
                                            "number of classes (7)"),
         ("cluster_labeler.selection_ratio=0", "cluster_labeler.selection_ratio must be in (0, 1]"),
         ("cluster_labeler.selection_ratio=1.5", "cluster_labeler.selection_ratio must be in"),
+        ("cluster_labeler.kmeans_init=kmeans", "cluster_labeler.kmeans_init must be one of "
+                                               "['k-means++', 'random'], got 'kmeans'"),
+        ("cluster_labeler.kmeans_n_init=0", "cluster_labeler.kmeans_n_init must be positive"),
         ("swav.epochs=ten", "swav.epochs must be an integer, got 'ten'"),
         ("runtime.precision=bf16-mix", "runtime.precision must be one of ['auto', '32-true'"),
         ("swav.run_name=a/b", "swav.run_name must be a non-empty folder name"),

@@ -113,7 +113,10 @@ def test_faiss_stops_at_max_iter_or_at_sklearns_tolerance() -> None:
                       max_iter=3).iterations == 3
     assert fit_kmeans(blobs(), NUM_CLUSTERS, seed=0, backend="faiss-cpu",
                       tol=1e6).iterations == 1
-    assert fitted("faiss-cpu").iterations < fitted("faiss-cpu", tol=0.0).iterations < 300
+    # From random rows: from k-means++ starts Lloyd reaches its fixed point here as soon as
+    # the default tolerance stops it.
+    loose, exact = fitted("faiss-cpu", init="random"), fitted("faiss-cpu", init="random", tol=0.0)
+    assert loose.iterations < exact.iterations < 300
 
 
 def test_faiss_run_to_zero_tolerance_is_a_fixed_point_of_lloyd() -> None:
@@ -125,6 +128,99 @@ def test_faiss_run_to_zero_tolerance_is_a_fixed_point_of_lloyd() -> None:
 
 def test_more_initialisations_never_raise_the_inertia() -> None:
     assert fitted("faiss-cpu", n_init=3).inertia <= fitted("faiss-cpu").inertia
+
+
+@functools.cache
+def three_blobs() -> tuple[np.ndarray, float]:
+    """300 points in 3 tight blobs, two near and one far, and the inertia of their own means.
+
+    One centre for the near pair and two for the far blob is a local minimum of Lloyd."""
+    rng = np.random.default_rng(0)
+    centres = np.array([[0.0, 0.0], [10.0, 0.0], [100.0, 0.0]])
+    points = (np.repeat(centres, 100, axis=0) + rng.normal(scale=0.1, size=(300, 2)))
+    points = points.astype(np.float32)
+    optimum = sum(float(np.square(block - block.mean(axis=0)).sum())
+                  for block in np.split(points.astype(np.float64), 3))
+    return points, optimum
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_both_inits_run_on_both_backends_deterministically(backend: str, init: str) -> None:
+    result = fitted(backend, init=init, n_init=2)
+    assert_nearest(blobs(), result)
+    again = fit_kmeans(blobs(), NUM_CLUSTERS, seed=0, backend=backend, init=init, n_init=2)
+    np.testing.assert_array_equal(result.assignments, again.assignments)
+    np.testing.assert_array_equal(result.centroids, again.centroids)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_restarts_beat_a_bad_random_start(backend: str) -> None:
+    points, optimum = three_blobs()
+    singles = [fit_kmeans(points, 3, seed=seed, backend=backend, init="random").inertia
+               for seed in range(10)]
+    assert max(singles) > 100 * optimum  # some start puts two centres in one blob
+    best = fit_kmeans(points, 3, seed=0, backend=backend, init="random", n_init=30)
+    assert best.inertia == pytest.approx(optimum, rel=1e-4)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_one_kmeans_plus_plus_start_finds_far_apart_blobs(backend: str) -> None:
+    points, optimum = three_blobs()
+    for seed in range(5):
+        result = fit_kmeans(points, 3, seed=seed, backend=backend, init="k-means++")
+        assert result.inertia == pytest.approx(optimum, rel=1e-4)
+
+
+def test_faiss_restarts_keep_the_lowest_inertia_whatever_their_order(monkeypatch) -> None:
+    points, optimum = three_blobs()
+    good = points[[0, 100, 200]]
+    bad = points[[0, 200, 201]]  # one centre for the near pair, two for the far blob
+
+    def fit_from(*starts: np.ndarray) -> kmeans_module.KMeansResult:
+        queue = list(starts)
+        monkeypatch.setattr(kmeans_module, "_initial_centroids",
+                            lambda *args: queue.pop(0).copy())
+        return fit_kmeans(points, 3, seed=0, backend="faiss-cpu", n_init=len(starts))
+
+    from_good, from_bad = fit_from(good), fit_from(bad)
+    assert from_bad.inertia > 100 * from_good.inertia
+    for order in [(bad, good, bad), (good, bad), (bad, bad, good)]:
+        kept = fit_from(*order)
+        assert kept.inertia == from_good.inertia
+        np.testing.assert_array_equal(kept.assignments, from_good.assignments)
+        np.testing.assert_array_equal(kept.centroids, from_good.centroids)
+
+
+def test_kmeans_plus_plus_is_seeded_and_spreads_where_random_rows_do_not() -> None:
+    points, _ = three_blobs()
+    picked = kmeans_module.kmeans_plusplus(points, 3, np.random.default_rng(4))
+    again = kmeans_module.kmeans_plusplus(points, 3, np.random.default_rng(4))
+    np.testing.assert_array_equal(picked, again)
+    other = kmeans_module.kmeans_plusplus(points, 3, np.random.default_rng(5))
+    assert not np.array_equal(picked, other)
+    blob_of = {tuple(row): i // 100 for i, row in enumerate(points.tolist())}
+    assert sorted(blob_of[tuple(row)] for row in picked.tolist()) == [0, 1, 2]
+    plusplus = fit_kmeans(blobs(), NUM_CLUSTERS, seed=0, backend="faiss-cpu", max_iter=1)
+    rows = fit_kmeans(blobs(), NUM_CLUSTERS, seed=0, backend="faiss-cpu", max_iter=1,
+                      init="random")
+    assert not np.array_equal(plusplus.centroids, rows.centroids)
+
+
+def test_faiss_seeds_kmeans_plus_plus_on_a_sample_of_the_training_rows(monkeypatch) -> None:
+    sizes = []
+    original = kmeans_module.kmeans_plusplus
+
+    def recorded(sample: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+        sizes.append(len(sample))
+        return original(sample, k, rng)
+
+    monkeypatch.setattr(kmeans_module, "kmeans_plusplus", recorded)
+    fit_kmeans(blobs(), NUM_CLUSTERS, seed=0, backend="faiss-cpu", n_init=2,
+               init_points_per_centroid=5)
+    fit_kmeans(blobs(), NUM_CLUSTERS, seed=0, backend="faiss-cpu",
+               init_points_per_centroid=1000)
+    assert sizes == [5 * NUM_CLUSTERS, 5 * NUM_CLUSTERS, len(blobs())]
 
 
 def test_as_many_clusters_as_samples_puts_each_sample_alone() -> None:
@@ -204,6 +300,9 @@ def _with_bad_row(value: float, dtype: type = np.float32) -> np.ndarray:
         (blobs()[:10], {"n_init": 0}, "n_init must be a positive integer, got 0"),
         (blobs()[:10], {"chunk_rows": 0}, "chunk_rows must be a positive integer"),
         (blobs()[:10], {"max_points_per_centroid": 0}, "max_points_per_centroid must be"),
+        (blobs()[:10], {"init_points_per_centroid": 0}, "init_points_per_centroid must be"),
+        (blobs()[:10], {"init": "kmeans"}, r"init must be one of \['k-means\+\+', 'random'\], "
+                                            "got 'kmeans'"),
         (blobs()[:10], {"tol": -1.0}, r"tol must be a finite number >= 0, got -1.0"),
         (blobs()[:10], {"tol": float("nan")}, "tol must be a finite number >= 0, got nan"),
         (blobs()[:10], {"backend": "cuml"}, "backend must be one of"),

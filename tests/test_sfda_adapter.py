@@ -16,6 +16,7 @@ from clup.errors import ConfigError
 from clup.io import read_json
 from clup.models.checkpoint import Classifier, load_classifier
 from clup.pipeline import run_stage, stage_dir
+from clup.presets import resolve_sfda
 from clup.stages.common import fit_stage
 from clup.stages.sfda_adapter import NRCAdapter
 from tests.conftest import tiny_experiment
@@ -35,7 +36,9 @@ def experiment(root: Path, method: str, head: str) -> ExperimentConfig:
     raw = tiny_experiment(root, name=f"{method}-{head}", method=method,
                           sfda={"epochs": 1, "batch_size": 16, "k": 3, "kk": 2})
     raw["source"].update(head=head, run_name=f"source-{head}")
-    return experiment_from_dict(raw)
+    config = experiment_from_dict(raw)
+    resolve_sfda(config, config.target.train_size)  # what the driver does
+    return config
 
 
 def adapt(root: Path, method: str, head: str) -> tuple[Classifier, Classifier]:

@@ -31,7 +31,10 @@ from clup.data.transforms import MultiCrop, eval_transform, train_transform
 from clup.errors import ManifestError
 from clup.speed import to_channels_last
 
-TrainViews = Literal["labels", "unlabelled", "multicrop", "pseudo_labels"]
+TrainViews = Literal["labels", "unlabelled", "unaugmented", "multicrop", "pseudo_labels"]
+"""What a training batch holds: labelled or unlabelled images with the training
+augmentation, unlabelled ones as they are evaluated (`unaugmented`), SwAV's crops, or
+stage 1's selected images with their pseudo-labels."""
 
 
 class ImageDataset(Dataset):
@@ -189,6 +192,9 @@ class DomainDataModule(L.LightningDataModule):
             relabelled[indices] = labels
             dataset = ImageDataset(ImageTable(table.paths, relabelled),
                                    train_transform(self.preprocessing, self.color_jitter), indices,
+                                   cache_bytes=self._cache_bytes)
+        elif self.train_views == "unaugmented":
+            dataset = ImageDataset(table, eval_transform(self.preprocessing),
                                    cache_bytes=self._cache_bytes)
         else:
             if self.train_views == "labels" and not table.has_labels:

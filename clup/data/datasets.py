@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from clup.config import CANONICAL_CLASSES, RAW_DATASETS, DatasetConfig
+from clup.data.digits import SOURCES, is_written, require_package, write_domain
 from clup.data.folders import read_class_folders, read_image_folder
 from clup.data.manifest import ImageTable, read_manifest
 from clup.data.raw import RawDataset, get_dataset
@@ -55,10 +56,19 @@ def manifest_of(config: DatasetConfig, key: str) -> Path | None:
     return None
 
 
+def digits_written(config: DatasetConfig) -> bool:
+    """Whether a `digits` domain is written completely, with the experiment's settings."""
+    return is_written(Path(config.path), config.domain, size=config.prepared_size,
+                      seed=config.seed)
+
+
 def check_exists(config: DatasetConfig, key: str) -> None:
-    """Stop at once when a dataset's files are not where the experiment says."""
+    """Stop at once when a dataset's files are not where the experiment says, or when a
+    dataset to write cannot be (its package is missing)."""
     if config.kind in RAW_DATASETS:
         raw_source(config, f"{key}.path")
+    elif config.kind == "digits" and not digits_written(config):
+        require_package(config.domain, key)
     elif config.kind in ("folders", "images") and not Path(config.path).is_dir():
         raise ManifestError(f"{key}.path: folder {config.path} does not exist")
     elif config.kind == "manifest" and not Path(config.path).is_file():
@@ -66,12 +76,15 @@ def check_exists(config: DatasetConfig, key: str) -> None:
 
 
 def prepare_dataset(config: DatasetConfig, key: str = "dataset", progress: bool = True) -> None:
-    """Make the dataset readable: render the benchmark or prepare a raw dataset if needed."""
+    """Make the dataset readable: render or write a benchmark, or prepare a raw dataset."""
     if config.kind == "synthetic":
         from clup.data.synthetic import generate_domain
 
         generate_domain(Path(config.path), config.domain, n_train=config.train_size,
                         n_test=config.test_size, seed=config.seed, progress=progress)
+    elif config.kind == "digits":
+        write_domain(Path(config.path), config.domain, size=config.prepared_size,
+                     seed=config.seed, progress=progress, where=key)
     elif config.kind in RAW_DATASETS:
         from clup.data.prepare import prepare
 
@@ -87,7 +100,10 @@ def prepare_dataset(config: DatasetConfig, key: str = "dataset", progress: bool 
 def read_dataset(config: DatasetConfig, classes: list[str], key: str = "dataset"
                  ) -> dict[str, ImageTable]:
     """Train and test tables of a (prepared) dataset, labels in the order of `classes`."""
-    if config.kind == "folders":
+    if config.kind == "digits" and not digits_written(config):
+        raise ManifestError(f"{key}: digits {config.domain} is not written into {config.path} "
+                            "yet, or not completely; `clup run` writes it")
+    if config.kind in ("folders", "digits"):
         return read_class_folders(Path(config.path), classes)
     if config.kind == "images":
         return read_image_folder(Path(config.path))
@@ -105,4 +121,6 @@ def describe_dataset(config: DatasetConfig, key: str) -> str:
     if config.kind in RAW_DATASETS:
         _, root = raw_source(config, f"{key}.path")
         return f"{get_dataset(config.kind).title} at {root}"
+    if config.kind == "digits":
+        return f"{SOURCES[config.domain].title}, {config.prepared_size} px, in {config.path}"
     return f"{config.kind} {config.path}"

@@ -2,6 +2,8 @@
 
 A checkpoint is a plain dict of tensors, strings, numbers and lists, so
 `torch.load(..., weights_only=True)` can read it: loading never runs code from the file.
+It names the BatchNorm layers that normalise with each batch's statistics at evaluation
+(`batch_statistics`, Tent's adapted layers), so a loaded model evaluates as it did when saved.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.parametrizations import weight_norm
 
 from clup.config import BackboneConfig, PreprocessingConfig, from_dict
@@ -27,12 +30,14 @@ SHOT_BOTTLENECK_DIM = 256
 
 
 class Classifier(nn.Module):
-    """A backbone and a classification head; `forward` returns (embedding, logits).
+    """A backbone, a bottleneck and a linear classifier; `forward` returns (features, logits).
 
-    The embedding is always the backbone's pooled features (CluP's stage 1 clusters those).
-    `head="linear"`: one linear layer on the embedding. `head="shot"`: SHOT's shape (Liang
-    et al., ICML 2020): a bottleneck `Linear(out_dim, 256)` + `BatchNorm1d(256)`, then a
-    weight-normalised linear classifier, which SHOT, NRC and AaD adapt.
+    The features are the classifier's input, `bottleneck(backbone(x))`: what CluP's stage 1
+    clusters (the reference clusters the tensor its classifier reads, altndrr/clup
+    src/systems/classification.py:236-239) and what SHOT, NRC and AaD build on.
+    `head="linear"`: no bottleneck, one linear layer on the backbone's pooled embedding.
+    `head="shot"`: SHOT's shape (Liang et al., ICML 2020): a bottleneck `Linear(out_dim, 256)`
+    + `BatchNorm1d(256)`, then a weight-normalised linear classifier.
     """
 
     def __init__(self, backbone: Backbone, num_classes: int, head: str = "linear") -> None:
@@ -53,13 +58,34 @@ class Classifier(nn.Module):
             self.bottleneck = nn.Identity()
             self.head = nn.Linear(backbone.out_dim, num_classes)
 
+    @property
+    def feature_dim(self) -> int:
+        """The width of `features`: the classifier's input."""
+        return self.head.in_features
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The classifier's input: the bottleneck's output (shot) or the embedding (linear)."""
         return self.bottleneck(self.backbone(x))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        embedding = self.backbone(x)
-        return embedding, self.head(self.bottleneck(embedding))
+        features = self.features(x)
+        return features, self.head(features)
+
+
+def use_batch_statistics(norm: _BatchNorm) -> None:
+    """Normalise with the batch's own statistics in training and at evaluation alike, as
+    Tent's `configure_model` does (DequanWang/tent tent.py:106-109 @ e9e926a): no running
+    statistics are kept, so none are saved either."""
+    norm.track_running_stats = False
+    norm.running_mean = None
+    norm.running_var = None
+
+
+def batch_statistics_norms(model: nn.Module) -> list[str]:
+    """The BatchNorm layers of `model` without running statistics, by module name."""
+    return [name for name, module in model.named_modules()
+            if isinstance(module, _BatchNorm)
+            and module.running_mean is None and module.running_var is None]
 
 
 class LoadedClassifier:
@@ -97,6 +123,7 @@ def save_classifier(
             "preprocessing": asdict(preprocessing),
             "metadata": metadata or {},
             "head": model.head_kind,
+            "batch_statistics": batch_statistics_norms(model),
             "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
         },
     )
@@ -111,9 +138,23 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
     if head not in HEADS:
         raise CheckpointError(f"{path} has an unknown head {head!r}; expected one of {list(HEADS)}")
     model = Classifier(build_backbone(backbone), len(data["classes"]), head)
+    # Checkpoints written before Tent's batch statistics existed have no such list.
+    for name in data.get("batch_statistics", []):
+        _use_batch_statistics(model, name, path)
     _load_state(model, data["state_dict"], path)
     return LoadedClassifier(model, list(data["classes"]), backbone, preprocessing,
                             dict(data["metadata"]))
+
+
+def _use_batch_statistics(model: Classifier, name: str, path: str | Path) -> None:
+    try:
+        norm = model.get_submodule(name)
+    except AttributeError:
+        norm = None
+    if not isinstance(norm, _BatchNorm):
+        raise CheckpointError(f"{path} lists {name!r} under batch_statistics, but the model "
+                              "has no BatchNorm layer of that name")
+    use_batch_statistics(norm)
 
 
 def save_backbone(path: str | Path, backbone: Backbone, config: BackboneConfig) -> None:

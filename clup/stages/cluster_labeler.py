@@ -1,8 +1,9 @@
 """Stage 1: cluster-level pseudo-labels from the source model (CluP).
 
 The source model embeds and predicts every target train image with evaluation
-transforms; K-means clusters the normalised embeddings; each cluster is labelled
-by majority vote and scored by its purity; per class the purest samples are kept.
+transforms; K-means clusters the normalised embeddings (the classifier's input, whatever
+the head); each cluster is labelled by majority vote and scored by its purity; per class
+the purest samples are kept.
 """
 
 from __future__ import annotations
@@ -57,9 +58,9 @@ class PseudoLabels:
 
 
 class ClusterLabeler(L.LightningModule):
-    """The predict pass writes each image's normalised embedding and softmax to disk
-    (`clup.features`), in index order whichever rank saw it; `pseudo_label` then clusters
-    and labels them."""
+    """The predict pass writes each image's normalised embedding (the classifier's input,
+    `Classifier.features`) and softmax to disk (`clup.features`), in index order whichever
+    rank saw it; `pseudo_label` then clusters and labels them."""
 
     def __init__(self, model: Classifier, config: ClusterLabelerConfig, seed: int,
                  feature_dir: Path, num_samples: int) -> None:
@@ -70,7 +71,7 @@ class ClusterLabeler(L.LightningModule):
         self.feature_dir = feature_dir
         self.num_samples = num_samples
         self.num_classes = model.num_classes
-        self.feature_dim = model.backbone.out_dim + int(config.append_one)
+        self.feature_dim = model.feature_dim + int(config.append_one)
         self._shard: features.ShardWriter | None = None
 
     @property
@@ -83,11 +84,11 @@ class ClusterLabeler(L.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> None:
         images, _, index = batch
-        embedding, logits = self.model(images)
+        classifier_input, logits = self.model(images)
         assert self._shard is not None
         self._shard.append(
             index.cpu().numpy(),
-            normalize_embeddings(embedding.float().cpu().numpy(), self.config.append_one),
+            normalize_embeddings(classifier_input.float().cpu().numpy(), self.config.append_one),
             torch.softmax(logits.float(), dim=1).cpu().numpy(),
         )
 
@@ -111,8 +112,9 @@ class ClusterLabeler(L.LightningModule):
             )
         predictions = probs.argmax(axis=1)
         kmeans = fit_kmeans(embeddings, config.num_clusters, seed=self.seed,
-                            backend=config.kmeans_backend, max_iter=config.kmeans_max_iter,
-                            n_init=config.kmeans_n_init, progress=True)
+                            backend=config.kmeans_backend, init=config.kmeans_init,
+                            max_iter=config.kmeans_max_iter, n_init=config.kmeans_n_init,
+                            progress=True)
         clusters = kmeans.assignments
         votes = cluster_purity(clusters, predictions, config.num_clusters, num_classes)
         cluster_label, purity = assign_pseudo_labels(clusters, votes)

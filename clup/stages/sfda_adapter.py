@@ -19,9 +19,11 @@ from typing import Any, ClassVar
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from clup.config import ExperimentConfig, OptimizerConfig, SFDAConfig
 from clup.data.datamodule import DomainDataModule
+from clup.data.datasets import read_dataset
 from clup.errors import ConfigError
 from clup.losses.sfda import (
     aad_alpha,
@@ -32,20 +34,26 @@ from clup.losses.sfda import (
     shot_lr_factor,
     tent_loss,
 )
-from clup.models.checkpoint import Classifier
+from clup.models.checkpoint import Classifier, batch_statistics_norms, use_batch_statistics
+from clup.presets import require_resolved, resolve_sfda, unresolved
 from clup.stages.cluster_labeler import load_source
 from clup.stages.common import ClassifierModule, fit_and_evaluate, gather_rows
 
 
 class SFDAAdapter(ClassifierModule):
-    """What the baselines share: SGD with momentum, Nesterov and SHOT's per-step decay
-    `lr * (1 + 10 p)^-0.75` (the schedule of SHOT's, NRC's and AaD's code), the backbone at
-    `backbone_lr_scale` of the rate of the bottleneck and classifier."""
+    """What the baselines share: SGD with momentum, Nesterov and, with `sfda.lr_decay`,
+    SHOT's per-step decay `lr * (1 + 10 p)^-0.75` (the schedule of SHOT's code, and of NRC's
+    and AaD's where they call it), the backbone at `backbone_lr_scale` of the rate of the
+    bottleneck and classifier."""
 
+    method: ClassVar[str]
     needs_shot_head: ClassVar[bool] = True
     trains_classifier: ClassVar[bool] = True
+    one_pass: ClassVar[bool] = False
+    """One epoch whatever `sfda.epochs` (Tent's online pass)."""
 
     def __init__(self, model: Classifier, classes: list[str], config: SFDAConfig) -> None:
+        require_resolved(config, self.method)
         super().__init__(model, classes, OptimizerConfig(
             name="sgd", lr=config.lr, momentum=config.momentum, nesterov=True,
             weight_decay=config.weight_decay,
@@ -65,6 +73,8 @@ class SFDAAdapter(ClassifierModule):
                                     nesterov=opt.nesterov and opt.momentum > 0,
                                     weight_decay=opt.weight_decay)
         self.total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
+        if not self.sfda.lr_decay:
+            return optimizer
         schedule = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: shot_lr_factor(min(step / self.total_steps, 1.0)))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
@@ -114,6 +124,7 @@ class SHOTAdapter(SFDAAdapter):
     from SHOT's centroids over the whole target train split at the start of every epoch.
     """
 
+    method = "shot"
     trains_classifier = False
 
     def __init__(self, model: Classifier, classes: list[str], config: SFDAConfig) -> None:
@@ -129,7 +140,9 @@ class SHOTAdapter(SFDAAdapter):
             self.log("train/pseudo_label_accuracy", float(correct.mean()))
 
     def adaptation_loss(self, images: Tensor, indices: Tensor) -> Tensor:
-        return shot_loss(self(images), self.pseudo_labels[indices], self.sfda.beta)
+        # SHOT's VisDA setup trains its first epoch on information maximisation alone.
+        beta = self.sfda.beta if self.current_epoch >= self.sfda.pseudo_label_from_epoch else 0.0
+        return shot_loss(self(images), self.pseudo_labels[indices], beta)
 
 
 class NeighbourhoodAdapter(SFDAAdapter):
@@ -140,7 +153,7 @@ class NeighbourhoodAdapter(SFDAAdapter):
     neighbours the loss looks up include the batch as it is now.
     """
 
-    neighbour_counts: ClassVar[tuple[str, ...]] = ("k",)
+    neighbour_counts: ClassVar[tuple[str, ...]] = ("k", "k_late")
 
     def __init__(self, model: Classifier, classes: list[str], config: SFDAConfig) -> None:
         super().__init__(model, classes, config)
@@ -171,6 +184,12 @@ class NeighbourhoodAdapter(SFDAAdapter):
     def neighbourhood_loss(self, probs: Tensor, indices: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def neighbours(self, name: str) -> int:
+        """`sfda.k` (or `kk`), or `k_late` once past half of the training when it is set: the
+        official Office-Home scripts switch (NRC_SFDA office-home/train_tar.py:223-226)."""
+        late = getattr(self.sfda, f"{name}_late")
+        return late if late and self.progress > 0.5 else getattr(self.sfda, name)
+
 
 class NRCAdapter(NeighbourhoodAdapter):
     """NRC (Yang et al., NeurIPS 2021, "Exploiting the intrinsic neighborhood structure").
@@ -178,11 +197,12 @@ class NRCAdapter(NeighbourhoodAdapter):
     Every layer trains, the classifier too, as in the reference code (Albert0147/NRC_SFDA).
     """
 
-    neighbour_counts = ("k", "kk")
+    method = "nrc"
+    neighbour_counts = ("k", "kk", "k_late", "kk_late")
 
     def neighbourhood_loss(self, probs: Tensor, indices: Tensor) -> Tensor:
         return nrc_loss(probs, self.feature_bank, self.score_bank, indices,
-                        self.sfda.k, self.sfda.kk)
+                        self.neighbours("k"), self.neighbours("kk"))
 
 
 class AaDAdapter(NeighbourhoodAdapter):
@@ -192,30 +212,41 @@ class AaDAdapter(NeighbourhoodAdapter):
     the dispersion weight decays with the training progress.
     """
 
+    method = "aad"
+
     def neighbourhood_loss(self, probs: Tensor, indices: Tensor) -> Tensor:
         alpha = aad_alpha(self.progress, self.sfda.alpha0, self.sfda.alpha_decay)
         self.log("train/alpha", alpha, batch_size=len(indices))
-        return aad_loss(probs, self.feature_bank, self.score_bank, indices, self.sfda.k, alpha)
+        return aad_loss(probs, self.feature_bank, self.score_bank, indices,
+                        self.neighbours("k"), alpha)
 
 
 class TentAdapter(SFDAAdapter):
-    """Tent (Wang et al., ICLR 2021, "Fully test-time adaptation by entropy minimization").
+    """Tent (Wang et al., ICLR 2021, "Fully test-time adaptation by entropy minimization"),
+    `sfda.tent_variant: epochs`; `PublishedTentAdapter` is Tent as published.
 
-    Only the BatchNorm affine parameters train, with Adam, one step per batch, on the entropy
-    of the predictions. In training the BatchNorm layers normalise with the batch's
-    statistics; their running statistics follow the target meanwhile, and the adapted model
-    is evaluated with those (Tent's own code keeps using batch statistics at test time).
+    Every other parameter frozen, the affine parameters of the `adapted_norms` layers train
+    with Adam at `sfda.tent_lr` (torch's defaults: betas (0.9, 0.999), no weight decay, as
+    DequanWang/tent cifar10c.py:104-108 and cfgs/tent.yaml:31-35 @ e9e926a), one step per
+    batch, on the mean entropy of the predictions (tent.py:55-60). This variant adapts every
+    BatchNorm layer, `BatchNorm1d` included, for `sfda.epochs` epochs; in training they
+    normalise with the batch's statistics while their running statistics follow the target,
+    and the adapted model is evaluated with those running statistics.
     """
 
+    method = "tent"
     needs_shot_head = False
+    adapted_norms: ClassVar[tuple[type[nn.Module], ...]] = (_BatchNorm,)
 
     def __init__(self, model: Classifier, classes: list[str], config: SFDAConfig) -> None:
         super().__init__(model, classes, config)
         self.model.requires_grad_(False)
-        norms = [m for m in self.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if not norms:
-            raise ConfigError("method tent needs a source model with BatchNorm layers")
-        for norm in norms:
+        self.norms = [m for m in self.model.modules() if isinstance(m, self.adapted_norms)]
+        if not self.norms:
+            kinds = " or ".join(kind.__name__.lstrip("_") for kind in self.adapted_norms)
+            raise ConfigError(f"method tent (sfda.tent_variant: {config.tent_variant}) needs "
+                              f"a source model with {kinds} layers")
+        for norm in self.norms:
             norm.requires_grad_(True)
 
     def configure_optimizers(self) -> Any:
@@ -226,8 +257,78 @@ class TentAdapter(SFDAAdapter):
         return tent_loss(self(images))
 
 
+class PublishedTentAdapter(TentAdapter):
+    """Tent as published (`sfda.tent_variant: published`, DequanWang/tent @ e9e926a).
+
+    Only the weight and bias of every `BatchNorm2d` train (tent.py:64-80, :101-105), and
+    those layers keep no running statistics: they normalise with the batch's statistics in
+    training and at evaluation alike (tent.py:106-109; the saved classifier records it, see
+    `clup.models.checkpoint.use_batch_statistics`). One online pass (not episodic, conf.py:39)
+    with one step per batch (conf.py:70) over the target train split, whatever `sfda.epochs`,
+    in the seed's shuffled order (Tent reads CIFAR-10-C in file order, cifar10c.py:44-46; a
+    split listed by class would give one-class batches); then the target test split is
+    evaluated, without gradient, each test batch normalised with its own statistics.
+
+    Tent's code puts the whole model in training mode (tent.py:99); its model, RobustBench's
+    WideResNet-28-10 (cfgs/tent.yaml:3), has only BatchNorm2d norms and no dropout
+    (RobustBench robustbench/model_zoo/architectures/wide_resnet.py @ 3c3ee54: dropRate 0.0),
+    so the choice has no effect there. Here the rest of the model stays in evaluation mode:
+    dropout is off and a `BatchNorm1d` (SHOT's bottleneck) keeps the source's running
+    statistics, so only the BatchNorm2d affine parameters differ from the source model.
+    (Under tent.py's `model.train()` a BatchNorm1d would normalise with batch statistics
+    and update its running statistics.)
+
+    Protocol: the published accuracy is that of each batch's prediction before its update,
+    on the stream being adapted (tent.py:55-61); clup adapts on the train split and scores
+    the held-out test split, as for the other methods. When the train split has labels the
+    stream's pre-update accuracy is kept too, a diagnostic the method never reads:
+    `train/online_accuracy` in the log, `online_train_accuracy` in `metrics.json`.
+    """
+
+    adapted_norms = (nn.BatchNorm2d,)
+    one_pass = True
+
+    def __init__(self, model: Classifier, classes: list[str], config: SFDAConfig) -> None:
+        super().__init__(model, classes, config)
+        for norm in self.norms:
+            use_batch_statistics(norm)
+        self.stream_counts = torch.zeros(2)
+        self.online_accuracy: float | None = None
+
+    def on_train_start(self) -> None:
+        self.model.eval()
+        # Found by name: with `sync_batchnorm` Lightning has replaced the layers.
+        for name in batch_statistics_norms(self.model):
+            self.model.get_submodule(name).train()
+        self.stream_counts = torch.zeros(2, device=self.device)
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        images, labels, indices = batch
+        logits = self(images)
+        correct = (logits.argmax(dim=1) == labels).sum()
+        self.stream_counts += torch.stack([correct, correct.new_tensor(len(labels))])
+        loss = tent_loss(logits)
+        self.log_train(loss, len(indices))
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        if not self.trainer.datamodule.train_table.has_labels:
+            return
+        correct, seen = self.trainer.strategy.reduce(self.stream_counts, reduce_op="sum")
+        self.online_accuracy = float(correct / seen)
+        self.log("train/online_accuracy", self.online_accuracy)
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        if self.online_accuracy is not None:
+            self.test_metrics["online_train_accuracy"] = self.online_accuracy
+
+
 ADAPTERS: dict[str, type[SFDAAdapter]] = {
-    "shot": SHOTAdapter, "nrc": NRCAdapter, "aad": AaDAdapter, "tent": TentAdapter,
+    "shot": SHOTAdapter, "nrc": NRCAdapter, "aad": AaDAdapter, "tent": PublishedTentAdapter,
+}
+TENT_VARIANTS: dict[str, type[SFDAAdapter]] = {
+    "published": PublishedTentAdapter, "epochs": TentAdapter,
 }
 
 
@@ -236,7 +337,11 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     if config.method not in ADAPTERS:
         raise ConfigError(f"method must be one of {list(ADAPTERS)} to adapt, "
                           f"got {config.method!r}")
-    adapter = ADAPTERS[config.method]
+    adapter = (TENT_VARIANTS[config.sfda.tent_variant] if config.method == "tent"
+               else ADAPTERS[config.method])
+    if unresolved(config.sfda, config.method):  # run without the driver, which resolves it
+        target = read_dataset(config.require_target(), config.classes, "target")
+        resolve_sfda(config, len(target["train"]))
     source = load_source(config, run_dir)
     if adapter.needs_shot_head and source.model.head_kind != "shot":
         raise ConfigError(
@@ -248,8 +353,9 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     datamodule = DomainDataModule(
         config.require_target(), config.classes, source.preprocessing,
         batch_size=config.sfda.batch_size, runtime=config.runtime,
-        train_views="unlabelled", color_jitter=0.0,
+        train_views="unlabelled" if config.sfda.augment else "unaugmented", color_jitter=0.0,
     )
     metrics = fit_and_evaluate(config, run_dir / "adapt", "adapt", module, datamodule,
-                               config.sfda.epochs, source.backbone)
+                               1 if adapter.one_pass else config.sfda.epochs,
+                               source.backbone)
     return {"target_test_accuracy": metrics["accuracy"]}

@@ -16,8 +16,6 @@ import multiprocessing
 import multiprocessing.pool
 import numbers
 import os
-import shutil
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +28,7 @@ from tqdm import tqdm
 from clup.config import CANONICAL_CLASSES
 from clup.data.synthetic.domains import DOMAINS, DomainStyle, encode_sample
 from clup.data.synthetic.face import Identity
+from clup.io import atomic_folder, check_replaceable
 
 GENERATOR = "clup synthetic faces"
 VERSION = 1
@@ -62,18 +61,9 @@ def generate_domain(
     root = Path(root)
     if _is_complete(root, request):
         return root / MANIFEST
-    _check_replaceable(root)
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = root.parent / f".{root.name}.partial-{uuid.uuid4().hex[:12]}"
-    staging.mkdir()
-    try:
+    check_replaceable(root, _OWN_ENTRIES, "the synthetic generator")
+    with atomic_folder(root) as staging:
         _build(staging, style, sizes, request, progress)
-        if root.exists():
-            shutil.rmtree(root)
-        os.replace(staging, root)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return root / MANIFEST
 
 
@@ -207,20 +197,6 @@ def _is_complete(root: Path, request: dict) -> bool:
         return False
     same = all(record.get(key) == value for key, value in request.items())
     return same and (root / MANIFEST).is_file()
-
-
-def _check_replaceable(root: Path) -> None:
-    """Refuse to delete a folder that holds anything the generator did not write."""
-    if not root.exists():
-        return
-    if not root.is_dir():
-        raise ValueError(f"{root} is a file; the synthetic benchmark needs a folder path")
-    foreign = sorted(p.name for p in root.iterdir() if p.name not in _OWN_ENTRIES)
-    if foreign:
-        raise ValueError(
-            f"{root} exists and holds files the synthetic generator did not write "
-            f"({', '.join(foreign[:5])}); point it at a new or empty folder"
-        )
 
 
 def _non_negative(value: int, name: str) -> int:
