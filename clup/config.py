@@ -347,9 +347,6 @@ class SFDAConfig:
     tent_variant: Literal["published", "epochs"] = "published"
 
     def validate(self, key: str) -> None:
-        if self.tent_variant not in ("published", "epochs"):
-            raise ConfigError(f"{key}.tent_variant must be published or epochs, "
-                              f"got {self.tent_variant!r}")
         for name in ("epochs", "batch_size", "lr", "k", "kk", "tent_lr"):
             if getattr(self, name) is not None:
                 _positive(getattr(self, name), f"{key}.{name}")
