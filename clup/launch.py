@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import multiprocessing
+import multiprocessing.connection
 import os
 import pkgutil
 import runpy
@@ -31,9 +32,14 @@ THIRD_PARTY = ("torch", "torchvision", "lightning", "torchmetrics", "albumentati
                "sklearn", "wandb", "faiss")
 _server_lock = threading.Lock()
 _context: multiprocessing.context.BaseContext | None = None
+_status_lock = threading.Lock()
+"""Held to start a forked stage and to read one's status. A finished stage's exit code is
+read off a pipe once: two threads reading at once (a poll beside a start, which polls every
+child in multiprocessing's `_cleanup`) left one with EOF, reported as exit code 255."""
 
 
 WATCH_S = 1.0
+WAIT_POLL_S = 0.05
 
 
 def die_with_parent() -> None:
@@ -125,21 +131,28 @@ class PreloadedProcess:
             target=_run, args=(arguments, env, None if log is None else str(log),
                                os.getpid(), process_start_time(os.getpid())),
             name=" ".join(arguments))
-        self._process.start()
+        with _status_lock:
+            self._process.start()
         self.pid = self._process.pid
 
     @property
     def returncode(self) -> int | None:
-        return self._process.exitcode
+        return self.poll()
 
     def poll(self) -> int | None:
-        return self._process.exitcode
+        with _status_lock:
+            return self._process.exitcode
 
     def wait(self, timeout: float | None = None) -> int:
-        self._process.join(timeout)
-        if self._process.exitcode is None:
-            raise subprocess.TimeoutExpired(self._process.name, timeout or 0)
-        return self._process.exitcode
+        """Polls, as the status may only be read under the lock (a blocking join would hold
+        it)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(self._process.name, timeout or 0)
+            # Waits for the status to be readable, without reading it.
+            multiprocessing.connection.wait([self._process.sentinel], WAIT_POLL_S)
+        return code
 
     def terminate(self) -> None:
         self._process.terminate()

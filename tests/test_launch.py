@@ -59,3 +59,31 @@ def test_stages_are_preloaded_only_on_the_cpu_with_one_process_each(tmp_path: Pa
     for runtime in ({"preload_stages": False}, {"devices": 2}, {"num_nodes": 2}):
         other = experiment_from_dict(tiny_experiment(tmp_path, runtime=runtime))
         assert not preloads_stages(other, cpu), runtime
+
+
+def test_exit_codes_survive_threads_that_start_and_poll_stages_at_once(tmp_path: Path) -> None:
+    """A benchmark's runner threads start and poll their stages at the same time; starting
+    a process polls every other one (multiprocessing's `_cleanup`), and two reads of one
+    finished stage's status pipe once gave the second reader EOF, which multiprocessing
+    reports as exit code 255 for a stage that had exited 0."""
+    import threading
+
+    script = tmp_path / "quick.py"
+    script.write_text("import sys\nsys.exit(int(sys.argv[1]))\n")
+    codes: list[int] = []
+    lock = threading.Lock()
+
+    def runner(code: int) -> None:
+        for _ in range(6):
+            process = launch.start([sys.executable, str(script), str(code)], {}, None, True)
+            while process.poll() is None:
+                pass  # poll as fast as can be: the race needs a poll beside a start
+            with lock:
+                codes.append(process.returncode - code)
+
+    threads = [threading.Thread(target=runner, args=(code,)) for code in (0, 3, 5, 7)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert codes == [0] * 24
