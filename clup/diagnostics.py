@@ -6,6 +6,10 @@ available (for diagnosis only; no method reads them), stage 1 measures both
 rankings on the same source model: the ROC AUC of each score for "this
 pseudo-label is correct", and the accuracy of the kept subset as the selection
 ratio grows, with the per-class selection the method itself uses.
+
+The baselines' diagnostics, also for diagnosis only: how often NRC's and AaD's
+neighbours share a sample's true label, and the share of the target each class
+receives as an adapter trains (a collapse onto few classes shows at once).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from sklearn.metrics import roc_auc_score
 
 from clup.pseudo_labels import select_top_ratio
@@ -81,3 +86,30 @@ def plot_diagnostics(diagnostics: dict[str, Any], path: Path, title: str) -> Non
     with atomic_path(path) as tmp:
         figure.savefig(tmp, format="png")
     plt.close(figure)
+
+
+def knn_label_agreement(features: torch.Tensor, labels: torch.Tensor, k: int,
+                        chunk: int = 1024) -> float:
+    """Share of each sample's `k` nearest neighbours (cosine similarity, the sample itself
+    excluded) that carry its true label: how much a neighbourhood method (NRC, AaD) can
+    learn from its neighbours. Rows are compared `chunk` at a time, so the memory is
+    `chunk x len(features)` however large the target."""
+    if not 0 < k < len(features):
+        raise ValueError(f"k must be in [1, {len(features) - 1}], got {k}")
+    normed = torch.nn.functional.normalize(features.float(), dim=1)
+    labels = labels.to(normed.device)
+    agreeing = 0
+    for start in range(0, len(normed), chunk):
+        rows = torch.arange(start, min(start + chunk, len(normed)), device=normed.device)
+        similarity = normed[rows] @ normed.T
+        similarity[torch.arange(len(rows)), rows] = -float("inf")
+        neighbours = similarity.topk(k, dim=1).indices
+        agreeing += int((labels[neighbours] == labels[rows, None]).sum())
+    return agreeing / (len(normed) * k)
+
+
+def class_shares(predictions: torch.Tensor, num_classes: int) -> list[float]:
+    """The fraction of the samples predicted as each class; a collapse shows as one share
+    near 1."""
+    counts = torch.bincount(predictions.flatten().long().cpu(), minlength=num_classes)
+    return (counts.double() / max(int(counts.sum()), 1)).tolist()

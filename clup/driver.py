@@ -279,6 +279,9 @@ def collect_results(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         "auc_confidence": stage1.get("auc_confidence"),
         "num_selected": stage1["num_selected"],
         "num_target_train": stage1["num_samples"],
+        # The adapters' diagnostics (`SFDAAdapter.diagnostics`), with target labels only.
+        "knn_label_agreement": adapted.get("knn_label_agreement"),
+        "largest_class_share": _largest_final_share(adapted.get("class_share_per_epoch")),
         "seconds": {},
     }
     for name in active_stages(config):
@@ -286,6 +289,14 @@ def collect_results(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         if done.is_file():
             results["seconds"][name] = read_json(done)["seconds"]
     return results
+
+
+def _largest_final_share(per_epoch: dict[str, list[float]] | None) -> float | None:
+    """The share of the target train split taken by the most predicted class after the last
+    epoch: near 1 when an adapter collapsed onto one class."""
+    if not per_epoch:
+        return None
+    return max(shares[-1] for shares in per_epoch.values())
 
 
 def _source_accuracy(config: ExperimentConfig, run_dir: Path) -> float | None:
@@ -317,6 +328,12 @@ def format_results(results: dict[str, Any]) -> str:
         f"  (n={results['num_selected']})",
         *([f"  (no target accuracy: {results['evaluation_note']})"]
           if results.get("evaluation_note") else []),
+        *([f"  kNN sharing the true label     {pct(results['knn_label_agreement'])}"
+           "  (at the start, diagnosis only)"]
+          if results.get("knn_label_agreement") is not None else []),
+        *([f"  largest class share at the end {pct(results['largest_class_share'])}"
+           "  (of target train predictions)"]
+          if results.get("largest_class_share") is not None else []),
         "  stage times: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()),
         "  (stages needing only the source model ran at the same time; without GPUs "
         "stage2 also ran beside source)",

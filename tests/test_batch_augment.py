@@ -120,3 +120,16 @@ def test_batched_crops_are_cut_from_the_prepared_size_of_the_fer_datasets() -> N
     assert side("rafdb") == 160  # small local crops keep the file's detail
     assert side("folders") == 64
     assert side("rafdb", crop_source_size=96) == 96
+
+
+def test_without_flip_whole_image_crops_are_never_mirrored() -> None:
+    torch.manual_seed(2)
+    x = torch.rand(64, 3, 8, 8)
+    asymmetric = x - x.flip(-1)
+    assert asymmetric.abs().amax() > 0.1
+    kept = B.resized_crops(x, 8, (1.0, 1.0), flip=False)
+    torch.testing.assert_close(kept, x)
+    mirrored = B.resized_crops(x, 8, (1.0, 1.0), flip=True)
+    flipped = [torch.allclose(m, i.flip(-1)) and not torch.allclose(m, i)
+               for m, i in zip(mirrored, x, strict=True)]
+    assert 10 < sum(flipped) < 54  # about half, each either the image or its mirror

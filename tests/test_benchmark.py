@@ -89,3 +89,18 @@ def test_bad_grids_name_the_problem(tmp_path: Path) -> None:
     path.write_text("name: g\nseeds: [zero]\nsetups: {a: x.yaml}\nmethods: {m: {}}\n")
     with pytest.raises(ConfigError, match="seeds must be a list of integers"):
         load_grid(path)
+
+
+def test_grid_stages_skip_wandbs_console_copy_unless_the_grid_asks(tmp_path: Path) -> None:
+    from clup.benchmark import plan_runs
+    from clup.stages.common import make_loggers
+
+    grid = load_grid(_grid(tmp_path))
+    run = plan_runs(grid)[0]
+    assert run.config.wandb.console == "off"
+    run.config.wandb.mode = "offline"
+    wandb_logger = make_loggers(run.config, tmp_path / "stage", "source")[-1]
+    assert wandb_logger._wandb_init["settings"].console == "off"
+    kept = load_grid(_grid(tmp_path))
+    kept.overrides["wandb.console"] = "auto"
+    assert plan_runs(kept)[0].config.wandb.console == "auto"

@@ -179,3 +179,16 @@ def test_checkpoints_without_a_head_kind_are_linear(tmp_path: Path) -> None:
     torch.save(data, path)
     with pytest.raises(CheckpointError, match="unknown head 'mlp'"):
         load_classifier(path)
+
+
+@pytest.mark.parametrize(("stem", "kernel", "padding", "side"),
+                         [("small", 3, 1, 16), ("reference", 7, 2, 14)])
+def test_small_image_stems_keep_the_resolution_and_the_reference_is_7x7_padding_2(
+        stem: str, kernel: int, padding: int, side: int) -> None:
+    backbone = build_backbone(BackboneConfig(small_images=True, stem=stem))
+    conv = backbone.body.conv1
+    assert conv.kernel_size == (kernel, kernel) and conv.stride == (1, 1)
+    assert conv.padding == (padding, padding)
+    assert isinstance(backbone.body.maxpool, torch.nn.Identity)
+    # A 16 px input: 3x3 padding 1 keeps 16; 7x7 padding 2 gives 14 (the reference's).
+    assert backbone.body.relu(conv(torch.zeros(1, 3, 16, 16))).shape[-1] == side

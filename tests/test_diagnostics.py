@@ -2,8 +2,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from clup.diagnostics import (
+    class_shares,
+    knn_label_agreement,
     plot_diagnostics,
     pseudo_label_diagnostics,
     ranking_auc,
@@ -37,3 +40,26 @@ def test_diagnostics_compare_labelings_and_plot(tmp_path: Path) -> None:
     assert result["bad"]["auc"] == 0.0  # its one wrong label has the top score
     plot_diagnostics(result, tmp_path / "plot.png", "test")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_knn_agreement_counts_neighbours_with_the_same_label() -> None:
+    # Four points on a line of angles: 0 and 1 close together, 2 and 3 close together.
+    angles = torch.tensor([0.0, 0.1, 1.4, 1.5])
+    features = torch.stack([angles.cos(), angles.sin()], dim=1) * torch.tensor([[1.0], [3.0],
+                                                                                 [0.5], [2.0]])
+    labels = torch.tensor([0, 0, 1, 0])
+    # k=1: the nearest of 0 is 1 (same), of 1 is 0 (same), of 2 is 3 (other), of 3 is 2
+    # (other); the norms do not matter (cosine).
+    assert knn_label_agreement(features, labels, 1) == pytest.approx(2 / 4)
+    # k=2, second neighbours: 0 -> 2 (other), 1 -> 2 (other), 2 -> 1 (other), 3 -> 1 (same)
+    assert knn_label_agreement(features, labels, 2) == pytest.approx(3 / 8)
+    # Chunking the rows changes nothing, a sample is never its own neighbour.
+    assert knn_label_agreement(features, labels, 2, chunk=1) == pytest.approx(3 / 8)
+    assert knn_label_agreement(features, torch.zeros(4, dtype=torch.long), 3) == 1.0
+    with pytest.raises(ValueError, match="k must be"):
+        knn_label_agreement(features, labels, 4)
+
+
+def test_class_shares_sum_to_one_and_show_a_collapse() -> None:
+    assert class_shares(torch.tensor([2, 2, 2, 0]), 3) == [0.25, 0.0, 0.75]
+    assert class_shares(torch.zeros(0, dtype=torch.long), 2) == [0.0, 0.0]

@@ -52,7 +52,23 @@ def adapt(root: Path, method: str, head: str) -> tuple[Classifier, Classifier]:
     adapted = load_classifier(config.run_dir / "adapt" / "model.ckpt")
     assert adapted.model.head_kind == head
     assert adapted.classes == source.classes
+    check_class_shares(config)
     return source.model, adapted.model
+
+
+def check_class_shares(config: ExperimentConfig) -> None:
+    """Each epoch's share of the target per class, in metrics.json and the log."""
+    metrics = read_json(config.run_dir / "adapt" / "metrics.json")
+    per_epoch = metrics["class_share_per_epoch"]
+    assert list(per_epoch) == config.classes
+    assert all(len(shares) == config.sfda.epochs for shares in per_epoch.values())
+    assert sum(shares[-1] for shares in per_epoch.values()) == pytest.approx(1.0)
+    if config.method != "tent":  # the source model's, from the first pass over the target
+        assert sum(metrics["class_share_at_start"].values()) == pytest.approx(1.0)
+    with (config.run_dir / "adapt" / "csv" / "metrics.csv").open() as log:
+        largest = [float(row["train/largest_class_share"]) for row in csv.DictReader(log)
+                   if row["train/largest_class_share"]]
+    assert largest == [pytest.approx(max(shares[-1] for shares in per_epoch.values()))]
 
 
 def changed(before: nn.Module, after: nn.Module) -> set[str]:
@@ -79,6 +95,9 @@ def test_neighbourhood_methods_adapt_every_layer(root: Path, method: str) -> Non
     moved = changed(source, adapted)
     for part in ("backbone.", "bottleneck.", "head."):
         assert any(name.startswith(part) for name in moved), part
+    metrics = read_json(root / "runs" / f"{method}-shot" / "adapt" / "metrics.json")
+    assert metrics["knn_label_agreement_k"] == 3
+    assert 0 <= metrics["knn_label_agreement"] <= 1
 
 
 def test_tent_changes_only_batchnorm_affine_parameters(root: Path) -> None:

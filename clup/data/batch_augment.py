@@ -62,7 +62,8 @@ class BatchInput:
 class BatchMultiCrop:
     """SwAV's global then local crops of a uint8 batch [B, 3, H, W], normalised float."""
 
-    def __init__(self, pre: PreprocessingConfig, swav: SwAVConfig) -> None:
+    def __init__(self, pre: PreprocessingConfig, swav: SwAVConfig, flip: bool = True) -> None:
+        self.flip = flip
         self.crops = ([(pre.image_size, tuple(swav.global_crop_scale), 0.5)]
                       * swav.n_global_crops
                       + [(swav.local_crop_size, tuple(swav.local_crop_scale), 0.1)]
@@ -78,7 +79,7 @@ class BatchMultiCrop:
         mean, std = self.mean.to(x.device), self.std.to(x.device)
         views = []
         for size, scale, blur_p in self.crops:
-            view = resized_crops(x, size, scale)
+            view = resized_crops(x, size, scale, self.flip)
             view = color_jitter(view, JITTER_P)
             view = random_grey(view, GREY_P)
             view = gaussian_blur(view, blur_p)
@@ -116,12 +117,14 @@ def crop_boxes(n: int, height: int, width: int, scale: tuple[float, float],
     return torch.stack([top, left, h, w], dim=1)
 
 
-def resized_crops(x: torch.Tensor, size: int, scale: tuple[float, float]) -> torch.Tensor:
-    """A random resized crop of each image, flipped horizontally with probability 1/2."""
+def resized_crops(x: torch.Tensor, size: int, scale: tuple[float, float], flip: bool = True
+                  ) -> torch.Tensor:
+    """A random resized crop of each image, flipped horizontally with probability 1/2 when
+    `flip`."""
     n, _, height, width = x.shape
     boxes = crop_boxes(n, height, width, scale, x.device)
-    flip = torch.where(torch.rand(n, device=x.device) < 0.5, -1.0, 1.0)
-    return crop_and_resize(x, boxes, flip, size)
+    mirror = torch.where(torch.rand(n, device=x.device) < 0.5, -1.0, 1.0)
+    return crop_and_resize(x, boxes, mirror if flip else torch.ones_like(mirror), size)
 
 
 def crop_and_resize(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor, size: int

@@ -135,6 +135,7 @@ class DomainDataModule(L.LightningDataModule):
         swav: SwAVConfig | None = None,
         pseudo_labels: Path | None = None,
         color_jitter: float = 0.0,
+        augmentation: str = "standard",
         key: str = "target",
     ) -> None:
         super().__init__()
@@ -149,10 +150,12 @@ class DomainDataModule(L.LightningDataModule):
         self.swav = swav
         self.pseudo_labels = pseudo_labels
         self.color_jitter = color_jitter
+        self.augmentation = augmentation
         self.splits: dict[str, ImageTable] = {}
         # SwAV's crops of a training batch, when they are cut on the device.
         batched = train_views == "multicrop" and swav is not None and swav.multicrop == "batched"
-        self._multicrop = BatchMultiCrop(preprocessing, swav) if batched else None
+        self._multicrop = (BatchMultiCrop(preprocessing, swav, dataset.horizontal_flip)
+                           if batched else None)
 
     def prepare_data(self) -> None:
         prepare_dataset(self.dataset, self.key)
@@ -177,7 +180,8 @@ class DomainDataModule(L.LightningDataModule):
             if self.swav is None:
                 raise ValueError("multicrop views need the swav settings")
             transform = (BatchInput(self.crop_source_size) if self._multicrop is not None
-                         else MultiCrop(self.preprocessing, self.swav))
+                         else MultiCrop(self.preprocessing, self.swav,
+                                        self.dataset.horizontal_flip))
             dataset = ImageDataset(table, transform, cache_bytes=self._cache_bytes)
         elif self.train_views == "pseudo_labels":
             if self.pseudo_labels is None:
@@ -190,9 +194,8 @@ class DomainDataModule(L.LightningDataModule):
                 )
             relabelled = np.full(len(table), -1, dtype=np.int64)
             relabelled[indices] = labels
-            dataset = ImageDataset(ImageTable(table.paths, relabelled),
-                                   train_transform(self.preprocessing, self.color_jitter), indices,
-                                   cache_bytes=self._cache_bytes)
+            dataset = ImageDataset(ImageTable(table.paths, relabelled), self._train_transform(),
+                                   indices, cache_bytes=self._cache_bytes)
         elif self.train_views == "unaugmented":
             dataset = ImageDataset(table, eval_transform(self.preprocessing),
                                    cache_bytes=self._cache_bytes)
@@ -200,9 +203,12 @@ class DomainDataModule(L.LightningDataModule):
             if self.train_views == "labels" and not table.has_labels:
                 raise ManifestError(f"{self.key} ({self.dataset.path}): training needs labels "
                                     "on every train image")
-            dataset = ImageDataset(table, train_transform(self.preprocessing, self.color_jitter),
-                                   cache_bytes=self._cache_bytes)
+            dataset = ImageDataset(table, self._train_transform(), cache_bytes=self._cache_bytes)
         return self._loader(dataset, self.batch_size, shuffle=True)
+
+    def _train_transform(self) -> Any:
+        return train_transform(self.preprocessing, self.color_jitter,
+                               self.dataset.horizontal_flip, self.augmentation)
 
     @property
     def crop_source_size(self) -> int:

@@ -23,17 +23,22 @@ class Backbone(nn.Module):
 
 def build_backbone(config: BackboneConfig) -> Backbone:
     if config.name == "resnet18":
-        return _resnet18(config.small_images)
+        return _resnet18(config.small_images, config.stem)
     if config.name == "small_cnn":
         return _small_cnn(config.width)
     raise ValueError(f"backbone.name must be resnet18 or small_cnn, got {config.name!r}")
 
 
-def _resnet18(small_images: bool) -> Backbone:
+STEMS = {"small": (3, 1), "reference": (7, 2)}
+"""`BackboneConfig.stem` -> (kernel, padding) of the stride-1 first convolution."""
+
+
+def _resnet18(small_images: bool, stem: str = "small") -> Backbone:
     net = resnet18(weights=None)
     if small_images:
-        # SwAV on small faces: a 3x3 stride-1 stem without max-pool keeps spatial detail.
-        net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+        # SwAV on small faces: a stride-1 stem without max-pool keeps spatial detail.
+        kernel, padding = STEMS[stem]
+        net.conv1 = nn.Conv2d(3, 64, kernel_size=kernel, stride=1, padding=padding, bias=False)
         net.maxpool = nn.Identity()
     out_dim = net.fc.in_features
     net.fc = nn.Identity()

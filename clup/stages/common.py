@@ -130,6 +130,10 @@ def make_loggers(config: ExperimentConfig, stage_dir: Path, stage: str) -> list[
     loggers: list[Logger] = [CSVLogger(save_dir=stage_dir, name="csv", version="")]
     mode = wandb_mode(config.wandb)
     if mode != "disabled":
+        import wandb
+
+        settings = ({} if config.wandb.console == "auto"
+                    else {"settings": wandb.Settings(console=config.wandb.console)})
         loggers.append(
             WandbLogger(
                 project=config.wandb.project,
@@ -140,6 +144,7 @@ def make_loggers(config: ExperimentConfig, stage_dir: Path, stage: str) -> list[
                 save_dir=str(stage_dir),
                 mode=mode,
                 config=config_to_dict(config),
+                **settings,
             )
         )
     return loggers

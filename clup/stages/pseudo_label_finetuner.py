@@ -71,7 +71,7 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         batch_size=config.finetune.batch_size, runtime=config.runtime,
         train_views="pseudo_labels",
         pseudo_labels=stage_dir(config, run_dir, "stage1") / "pseudo_labels.csv",
-        color_jitter=config.finetune.color_jitter,
+        color_jitter=config.finetune.color_jitter, augmentation=config.finetune.augmentation,
     )
     metrics = fit_and_evaluate(config, run_dir / "stage3", "stage3", module, datamodule,
                                config.finetune.epochs, backbone_config)

@@ -24,6 +24,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from clup.config import ExperimentConfig, OptimizerConfig, SFDAConfig
 from clup.data.datamodule import DomainDataModule
 from clup.data.datasets import read_dataset
+from clup.diagnostics import class_shares, knn_label_agreement
 from clup.errors import ConfigError
 from clup.losses.sfda import (
     aad_alpha,
@@ -60,6 +61,8 @@ class SFDAAdapter(ClassifierModule):
         ))
         self.sfda = config
         self.total_steps = 1
+        self.diagnostics: dict[str, Any] = {}
+        """Written into `metrics.json` beside the test metrics (see `record_class_share`)."""
 
     def configure_optimizers(self) -> Any:
         opt = self.optimizer_config
@@ -92,6 +95,35 @@ class SFDAAdapter(ClassifierModule):
 
     def adaptation_loss(self, images: Tensor, indices: Tensor) -> Tensor:
         raise NotImplementedError
+
+    @property
+    def true_labels(self) -> Tensor | None:
+        """The target train split's labels, for diagnosis only; None when it has none."""
+        table = self.trainer.datamodule.train_table
+        return torch.as_tensor(table.labels) if table.has_labels else None
+
+    def record_class_share(self, shares: list[float], when: str = "epoch") -> None:
+        """The share of the target train split predicted as each class: at the fit's start
+        (`when="start"`, the source model) or after each epoch. Logged per class as
+        `train/class_share/<class>` with `train/largest_class_share`, and kept for
+        `metrics.json` as `class_share_at_start` and `class_share_per_epoch` (class -> list
+        over epochs)."""
+        if when == "start":
+            self.diagnostics["class_share_at_start"] = dict(zip(self.classes, shares, strict=True))
+            return
+        per_epoch = self.diagnostics.setdefault(
+            "class_share_per_epoch", {name: [] for name in self.classes})
+        for name, share in zip(self.classes, shares, strict=True):
+            per_epoch[name].append(share)
+            self.log(f"train/class_share/{name}", share)
+        self.log("train/largest_class_share", max(shares))
+
+    def shares(self, probs: Tensor) -> list[float]:
+        return class_shares(probs.argmax(dim=1), len(self.classes))
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        self.test_metrics.update(self.diagnostics)
 
     @torch.no_grad()
     def target_outputs(self) -> tuple[Tensor, Tensor]:
@@ -131,13 +163,24 @@ class SHOTAdapter(SFDAAdapter):
         super().__init__(model, classes, config)
         self.model.head.requires_grad_(False)
         self.pseudo_labels = torch.zeros(0, dtype=torch.long)
+        self.epoch_end_outputs: tuple[Tensor, Tensor] | None = None
 
     def on_train_epoch_start(self) -> None:
-        self.pseudo_labels = shot_centroid_labels(*self.target_outputs())
-        table = self.trainer.datamodule.train_table
-        if table.has_labels:  # diagnosis only: how right SHOT's pseudo-labels are
-            correct = self.pseudo_labels.cpu().numpy() == table.labels
-            self.log("train/pseudo_label_accuracy", float(correct.mean()))
+        # The pass at the end of the last epoch saw these very weights; at the fit's start
+        # (or a resumed one's) there is none yet.
+        outputs = self.epoch_end_outputs or self.target_outputs()
+        if self.epoch_end_outputs is None:
+            self.record_class_share(self.shares(outputs[1]), when="start")
+        self.epoch_end_outputs = None
+        self.pseudo_labels = shot_centroid_labels(*outputs)
+        labels = self.true_labels
+        if labels is not None:  # diagnosis only: how right SHOT's pseudo-labels are
+            correct = self.pseudo_labels.cpu() == labels
+            self.log("train/pseudo_label_accuracy", float(correct.double().mean()))
+
+    def on_train_epoch_end(self) -> None:
+        self.epoch_end_outputs = self.target_outputs()
+        self.record_class_share(self.shares(self.epoch_end_outputs[1]))
 
     def adaptation_loss(self, images: Tensor, indices: Tensor) -> Tensor:
         # SHOT's VisDA setup trains its first epoch on information maximisation alone.
@@ -169,6 +212,19 @@ class NeighbourhoodAdapter(SFDAAdapter):
                     f"sfda.{name} ({getattr(self.sfda, name)}) must be smaller than the number "
                     f"of target train images ({len(self.feature_bank)})"
                 )
+        self.record_class_share(self.shares(self.score_bank), when="start")
+        labels = self.true_labels
+        if labels is not None and "knn_label_agreement" not in self.diagnostics:
+            # Diagnosis only: do the K neighbours the loss starts from share the true label?
+            # Measured on the source model's bank, once (not again on resuming).
+            k = self.sfda.k
+            agreement = knn_label_agreement(self.feature_bank, labels, k)
+            self.diagnostics.update(knn_label_agreement=agreement, knn_label_agreement_k=k)
+            self.log("train/knn_label_agreement", agreement)
+
+    def on_train_epoch_end(self) -> None:
+        # The score bank holds each image's softmax as of its last step this epoch.
+        self.record_class_share(self.shares(self.score_bank))
 
     def adaptation_loss(self, images: Tensor, indices: Tensor) -> Tensor:
         features = self.model.features(images)
@@ -293,6 +349,7 @@ class PublishedTentAdapter(TentAdapter):
         for norm in self.norms:
             use_batch_statistics(norm)
         self.stream_counts = torch.zeros(2)
+        self.stream_predictions = torch.zeros(len(classes))
         self.online_accuracy: float | None = None
 
     def on_train_start(self) -> None:
@@ -301,17 +358,23 @@ class PublishedTentAdapter(TentAdapter):
         for name in batch_statistics_norms(self.model):
             self.model.get_submodule(name).train()
         self.stream_counts = torch.zeros(2, device=self.device)
+        self.stream_predictions = torch.zeros(len(self.classes), device=self.device)
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         images, labels, indices = batch
         logits = self(images)
-        correct = (logits.argmax(dim=1) == labels).sum()
+        predictions = logits.argmax(dim=1)
+        correct = (predictions == labels).sum()
         self.stream_counts += torch.stack([correct, correct.new_tensor(len(labels))])
+        self.stream_predictions += torch.bincount(predictions, minlength=len(self.classes))
         loss = tent_loss(logits)
         self.log_train(loss, len(indices))
         return loss
 
     def on_train_epoch_end(self) -> None:
+        # The share of each class among the online predictions, each made before its step.
+        counts = self.trainer.strategy.reduce(self.stream_predictions, reduce_op="sum")
+        self.record_class_share((counts / counts.sum().clamp(min=1)).tolist())
         if not self.trainer.datamodule.train_table.has_labels:
             return
         correct, seen = self.trainer.strategy.reduce(self.stream_counts, reduce_op="sum")
