@@ -18,7 +18,7 @@ help:
 	@echo "make digits        - the whole pipeline on real digits shipped in packages, MNIST -> UCI"
 	@echo "make benchmark-digits - every method and ablation on MNIST -> UCI, 5 seeds"
 	@echo "make afe-expw      - a paper setup on your datasets (also afe-fer2013, rafdb-expw,"
-	@echo "                     rafdb-fer2013); needs CLUP_DATA_ROOT, see README"
+	@echo "                     rafdb-fer2013); needs CLUP_DATA_ROOT, see docs/datasets.md"
 	@echo "make source-afe    - train only a source model (also source-rafdb)"
 	@echo "pass settings with ARGS, e.g. make afe-expw ARGS=\"--dry-run\""
 

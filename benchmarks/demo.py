@@ -40,7 +40,8 @@ from typing import Any
 
 from clup.config import load_experiment
 from clup.io import read_json
-from clup.pipeline import STAGES, active_stages, stage_dir
+from clup.pipeline import active_stages
+from clup.registry import STAGES, stage_dir
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -32,15 +32,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from clup.config import ClusterLabelerConfig
-from clup.kmeans import INITS, fit_kmeans, resolve_backend
-from clup.pseudo_labels import (
+from clup.clustering.kmeans import INITS, fit_kmeans, resolve_backend
+from clup.clustering.pseudo_labels import (
     ClusterVotes,
     assign_pseudo_labels,
     cluster_purity,
     cluster_purity_loop,
     select_top_ratio,
 )
+from clup.config import ClusterLabelerConfig
 
 BUDGET_S = 30.0
 GENERATION_ROWS = 16384

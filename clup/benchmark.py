@@ -41,13 +41,15 @@ import numpy as np
 import yaml
 
 from clup.config import ExperimentConfig, load_experiment
+from clup.devices import visible_gpus
 from clup.errors import ConfigError
 from clup.io import write_text
+from clup.registry import GRID_FILES, RUN_FILES, SOURCE, STAGE1, STAGE2
 
 GRID_KEYS = {"name", "seeds", "setups", "methods", "overrides", "output_root", "jobs"}
 CPU_JOBS = 2
 """Experiments at once on a machine without GPUs: two kept both cores of the 2-core
-machine busy in `make benchmark-demo` (README, "The embedded benchmark's table")."""
+machine busy in `make benchmark-demo` (docs/benchmarks.md, "The embedded benchmark's table")."""
 RESULT_COLUMNS = ["target_accuracy", "source_on_target", "selected_accuracy", "num_selected",
                   "auc_purity", "auc_confidence", "knn_label_agreement", "largest_class_share"]
 """Copied from each run's `results.json`; the last two only for the baselines that have them."""
@@ -121,7 +123,7 @@ def run_config(grid: Grid, setup: str, method: str, seed: int) -> ExperimentConf
     """A setup's experiment with the grid's and the method's settings, named for the grid."""
     from clup.pipeline import fingerprint
 
-    # W&B's console capture off: it costs each stage about 2 s (README, "Scale and speed").
+    # W&B's console capture off: it costs each stage about 2 s (docs/scale.md).
     settings = {"wandb.console": "off", **grid.overrides, **grid.methods[method], "seed": seed,
                 "name": f"{_slug(setup)}--{_slug(method)}--seed{seed}",
                 "output_root": str(grid.folder), "wandb.group": f"{grid.name}/{setup}"}
@@ -130,11 +132,11 @@ def run_config(grid: Grid, setup: str, method: str, seed: int) -> ExperimentConf
     # Shared folders named after what they depend on: methods that agree on the source
     # (or SwAV) settings share it, one that changes them gets its own.
     config.source.run_name = config.swav.run_name = config.cluster_labeler.run_name = None
-    config.source.run_name = f"{_slug(setup)}--shared-source-{fingerprint(config, 'source')[:8]}"
+    config.source.run_name = f"{_slug(setup)}--shared-source-{fingerprint(config, SOURCE)[:8]}"
     # Stage 1 after the source: its digest covers the source model it labels with.
     config.cluster_labeler.run_name = (f"{_slug(setup)}--shared-stage1-"
-                                       f"{fingerprint(config, 'stage1')[:8]}")
-    config.swav.run_name = f"{_slug(setup)}--shared-swav-{fingerprint(config, 'stage2')[:8]}"
+                                       f"{fingerprint(config, STAGE1)[:8]}")
+    config.swav.run_name = f"{_slug(setup)}--shared-swav-{fingerprint(config, STAGE2)[:8]}"
     return config
 
 
@@ -146,7 +148,7 @@ def run_benchmark(path: Path, jobs: int | None = None) -> list[dict[str, Any]]:
 
     grid = load_grid(path)
     runs = plan_runs(grid)
-    gpus = driver.visible_gpus(runs[0].config)
+    gpus = visible_gpus(runs[0].config)
     jobs = min(jobs or grid.jobs or (1 if gpus else CPU_JOBS), len(runs))
     # Datasets first, one at a time: runs starting together must not render one twice.
     for run in runs:
@@ -162,7 +164,8 @@ def run_benchmark(path: Path, jobs: int | None = None) -> list[dict[str, Any]]:
         _run_parallel(grid, runs, jobs, results)
     rows = _rows(runs, results)
     print(table(grid, rows))
-    print(f"\n[clup benchmark] {grid.folder / 'benchmark.csv'}, {grid.folder / 'benchmark.md'}")
+    print(f"\n[clup benchmark] {grid.folder / GRID_FILES['rows']}, "
+          f"{grid.folder / GRID_FILES['table']}")
     return rows
 
 
@@ -172,7 +175,7 @@ def _run_parallel(grid: Grid, runs: list[Run], jobs: int,
     Ctrl-C no new run starts and the running ones are stopped."""
     from clup import driver
 
-    pool = grid.folder / driver.THREAD_POOL_NAME
+    pool = grid.folder / RUN_FILES["threads"]
     cancel = threading.Event()
     lock = threading.Lock()
 
@@ -240,8 +243,8 @@ def write_outputs(grid: Grid, rows: list[dict[str, Any]]) -> None:
     writer = csv.DictWriter(buffer, COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    write_text(grid.folder / "benchmark.csv", buffer.getvalue())
-    write_text(grid.folder / "benchmark.md", table(grid, rows) + "\n")
+    write_text(grid.folder / GRID_FILES["rows"], buffer.getvalue())
+    write_text(grid.folder / GRID_FILES["table"], table(grid, rows) + "\n")
 
 
 def table(grid: Grid, rows: list[dict[str, Any]]) -> str:

@@ -8,12 +8,11 @@ import shlex
 import sys
 from pathlib import Path
 
-from clup.config import RAW_DATASETS, DatasetConfig, ExperimentConfig, dump_yaml
-from clup.data.raw import get_dataset
+from clup.config import DatasetConfig, ExperimentConfig, dump_yaml
+from clup.data.raw import DATASETS, get_dataset
 from clup.errors import ClupError
 from clup.io import write_text
-
-STAGE_NAMES = ("source", "stage1", "stage2", "stage3", "adapt")
+from clup.registry import RUN_FILES, SOURCE, STAGES, RunLayout
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     prepare = commands.add_parser(
         "prepare", help="crop and resize a raw dataset once into the form every stage reads"
     )
-    prepare.add_argument("dataset", choices=RAW_DATASETS)
+    prepare.add_argument("dataset", choices=tuple(DATASETS))
     prepare.add_argument("--root", type=Path,
                          help="the raw dataset folder (default: its folder under the data root)")
     prepare.add_argument("--out", type=Path,
@@ -63,13 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     stage = commands.add_parser(
         "stage", help="run one stage on a run folder (what `clup run` starts per stage)"
     )
-    stage.add_argument("name", choices=STAGE_NAMES)
-    stage.add_argument("run_dir", type=Path, help="run folder holding config.yaml")
+    stage.add_argument("name", choices=tuple(STAGES))
+    stage.add_argument("run_dir", type=Path, help=f"run folder holding {RUN_FILES['config']}")
 
     results = commands.add_parser(
-        "results", help="collect a finished run's results into results.json and print them"
+        "results",
+        help=f"collect a finished run's results into {RUN_FILES['results']} and print them",
     )
-    results.add_argument("run_dir", type=Path, help="run folder holding config.yaml")
+    results.add_argument("run_dir", type=Path, help=f"run folder holding {RUN_FILES['config']}")
     results.add_argument("--if-done", action="store_true",
                          help="when a stage is not done yet, say so and exit 0 (job scripts of "
                               "stages finishing in any order use it)")
@@ -99,7 +99,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from clup.config import load_experiment
 
     if args.command == "stage":
-        config = load_experiment(args.run_dir / "config.yaml")
+        config = load_experiment(args.run_dir / RUN_FILES["config"])
         _limit_threads(config)
         from clup.pipeline import run_stage
 
@@ -125,13 +125,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "train-source":
         return _train_source(config, args.experiment)
     if args.launcher == "slurm":
-        from clup.slurm import submit
+        from clup.slurm.launcher import submit
 
         origin = shlex.join(["clup", "run", "--launcher", "slurm", str(args.experiment),
                              *args.overrides])
         submit(config, origin, dry_run=args.dry_run)
         return 0
-    from clup.driver import cpu_threads, run_experiment, visible_gpus
+    from clup.devices import cpu_threads, visible_gpus
+    from clup.driver import run_experiment
 
     if args.dry_run:
         from clup.plan import describe_plan
@@ -144,28 +145,29 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 def _train_source(config: ExperimentConfig, experiment: Path) -> int:
     from clup.data.datasets import check_exists, prepare_dataset
-    from clup.pipeline import run_stage, stage_dir
+    from clup.pipeline import run_stage
 
     if config.source.data is None:
         raise ClupError(f"{experiment}: source.data names no dataset to train on")
     config.source.checkpoint = None
     check_exists(config.source.data, "source.data")
     config.run_dir.mkdir(parents=True, exist_ok=True)
-    write_text(config.run_dir / "config.yaml", dump_yaml(config))
+    layout = RunLayout(config, config.run_dir)
+    write_text(layout.file("config"), dump_yaml(config))
     prepare_dataset(config.source.data, "source.data")
-    record = run_stage(config, config.run_dir, "source")
+    record = run_stage(config, config.run_dir, SOURCE)
     accuracy = record["result"]["source_test_accuracy"]
-    print(f"source model: {stage_dir(config, config.run_dir, 'source') / 'model.ckpt'} "
+    print(f"source model: {layout.artifact(SOURCE, 'model')} "
           f"(source test accuracy {'n/a' if accuracy is None else f'{100 * accuracy:.1f}%'})")
     return 0
 
 
 def _results(args: argparse.Namespace) -> int:
     from clup.config import load_experiment
-    from clup.driver import report_results
-    from clup.pipeline import STAGES, active_stages, done_record
+    from clup.pipeline import active_stages, done_record
+    from clup.results import report_results
 
-    config = load_experiment(args.run_dir / "config.yaml")
+    config = load_experiment(args.run_dir / RUN_FILES["config"])
     unfinished = [STAGES[n].title for n in active_stages(config)
                   if done_record(config, args.run_dir, n) is None]
     if unfinished and args.if_done:

@@ -2,7 +2,7 @@
 stack imported already.
 
 Importing torch, Lightning, torchmetrics and wandb costs a stage process about 9 s of one
-core on the 2-core CPU machine (README, "Speed"); a benchmark grid starts some 60 stage
+core on the 2-core CPU machine (docs/scale.md); a benchmark grid starts some 60 stage
 processes. On runs without GPUs whose stages are one process each, the driver therefore
 starts each stage as a fork of a server process (Python's `forkserver`) that imported
 `preload_modules()` once, and runs the stage's command in it as the interpreter would have. The

@@ -11,30 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from clup.config import (
-    CANONICAL_CLASSES,
-    RAW_DATASETS,
-    SFDA_METHODS,
-    DatasetConfig,
-    ExperimentConfig,
-)
+from clup.config import SFDA_METHODS, DatasetConfig, ExperimentConfig
 from clup.data.datamodule import load_image
-from clup.data.datasets import (
-    check_exists,
-    describe_dataset,
-    digits_written,
-    manifest_of,
-    prepared_dir,
-    raw_source,
-    read_dataset,
-)
-from clup.data.digits import DIGIT_CLASSES, split_sizes
-from clup.data.manifest import ImageTable, map_class_ids
+from clup.data.datasets import check_exists, survey_dataset
 from clup.errors import CheckpointError, ConfigError
 from clup.presets import resolve_sfda, settings_of
+from clup.registry import SOURCE, STAGES, RunLayout
 from clup.threads import POOL_VARIABLE, THREADS_VARIABLE
-
-SAMPLE_IMAGES = 3
 
 
 def datasets_used(config: ExperimentConfig) -> list[tuple[str, DatasetConfig]]:
@@ -45,7 +28,7 @@ def datasets_used(config: ExperimentConfig) -> list[tuple[str, DatasetConfig]]:
     used = [("target", config.require_target())]
     source = config.source
     if source.checkpoint is None and source.data is not None \
-            and done_record(config, config.run_dir, "source") is None:
+            and done_record(config, config.run_dir, SOURCE) is None:
         used.append(("source.data", source.data))
     return used
 
@@ -77,8 +60,8 @@ def check_cluster_count(config: ExperimentConfig, train_images: int) -> None:
 
 def describe_plan(config: ExperimentConfig, gpus: list[str], cpu_threads: int) -> str:
     """Read every input and say what `clup run` would do, without training."""
-    from clup.driver import THREAD_POOL_NAME, plan_devices
-    from clup.pipeline import STAGES, active_stages, done_record, stage_dir
+    from clup.devices import plan_devices
+    from clup.pipeline import active_stages, done_record
 
     check_inputs(config)
     lines = [f"Experiment {config.name}: configuration valid",
@@ -88,12 +71,13 @@ def describe_plan(config: ExperimentConfig, gpus: list[str], cpu_threads: int) -
     if config.method in SFDA_METHODS:
         lines.append(f"  {config.method} settings  {_describe_sfda(config)}")
     lines += [f"  source model   {_describe_source(config)}", "  stages"]
+    layout = RunLayout(config, config.run_dir)
     env = plan_devices(gpus, cpu_threads, config.runtime.stage1_gpus,
-                       config.run_dir / THREAD_POOL_NAME)
+                       layout.file("threads"))
     for name in active_stages(config):
         state = ("done, reused" if done_record(config, config.run_dir, name) is not None
                  else "will run")
-        where = stage_dir(config, config.run_dir, name)
+        where = layout.stage_dir(name)
         lines.append(f"    {STAGES[name].title:<31} {state:<13} {_devices(env[name])}  {where}")
     lines.append("  (stage 1 and stage 2 run at the same time" + (
         "; SwAV also beside the source model; the stages running share the CPU threads)"
@@ -103,45 +87,13 @@ def describe_plan(config: ExperimentConfig, gpus: list[str], cpu_threads: int) -
 
 
 def _describe_data(dataset: DatasetConfig, key: str, config: ExperimentConfig) -> list[str]:
-    where = describe_dataset(dataset, key)
-    manifest = manifest_of(dataset, key)
-    if dataset.kind in (*RAW_DATASETS, "synthetic"):
-        map_class_ids(CANONICAL_CLASSES, config.classes, f"{key} ({where})")
-    if dataset.kind == "synthetic" and manifest is not None and not manifest.is_file():
-        if key == "target":
-            resolve_sfda(config, dataset.train_size)
-        return [where, f"  not rendered yet: the run renders {dataset.train_size} train and "
-                f"{dataset.test_size} test images"]
-    if dataset.kind == "digits" and not digits_written(dataset):
-        map_class_ids(DIGIT_CLASSES, config.classes, f"{key} ({where})")
-        sizes = split_sizes(dataset.domain, dataset.seed, key)
-        if key == "target":
-            check_cluster_count(config, sizes["train"])
-            resolve_sfda(config, sizes["train"])
-        return [where, f"  not written yet: the run writes {sizes['train']} train and "
-                f"{sizes['test']} test images"]
-    if dataset.kind in RAW_DATASETS and manifest is not None and not manifest.is_file():
-        reader, root = raw_source(dataset, f"{key}.path")
-        faces = reader.read(root, split_seed=dataset.seed)
-        images = {f.image for f in faces if f.image is not None}
-        missing = sum(not p.is_file() for p in images)
-        for path in sorted(p for p in images if p.is_file())[:SAMPLE_IMAGES]:
-            load_image(path)
-        if key == "target":
-            check_cluster_count(config, sum(f.split == "train" for f in faces))
-            resolve_sfda(config, sum(f.split == "train" for f in faces))
-        return [where, f"  not prepared yet: {len(faces)} faces listed, {missing} image files "
-                f"missing (they would be skipped); the run prepares it into "
-                f"{prepared_dir(dataset, key)}"]
-    splits = read_dataset(dataset, config.classes, key)
+    survey = survey_dataset(dataset, config.classes, key)
     if key == "target":
-        check_cluster_count(config, len(splits["train"]))
-        resolve_sfda(config, len(splits["train"]))
-    for table in splits.values():
-        _read_samples(table)
-    counts = ", ".join(f"{len(t)} {s}{'' if t.has_labels or not len(t) else ' (unlabelled)'}"
-                       for s, t in splits.items())
-    return [where, f"  {'prepared, ' if dataset.kind in RAW_DATASETS else ''}{counts}"]
+        check_cluster_count(config, survey.train_images)
+        resolve_sfda(config, survey.train_images)
+    for path in survey.samples:
+        load_image(path)
+    return [survey.where, f"  {survey.contents}"]
 
 
 def _describe_sfda(config: ExperimentConfig) -> str:
@@ -150,11 +102,6 @@ def _describe_sfda(config: ExperimentConfig) -> str:
     values = ", ".join(f"{name} {getattr(sfda, name)}"
                        for name in settings_of(config.method))
     return f"preset {sfda.preset}: {values}"
-
-
-def _read_samples(table: ImageTable) -> None:
-    for path in table.paths[:SAMPLE_IMAGES]:
-        load_image(path)
 
 
 def _describe_source(config: ExperimentConfig) -> str:

@@ -9,11 +9,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from clup import features
+from clup.clustering import features
+from clup.clustering.pseudo_labels import normalize_embeddings
 from clup.config import BackboneConfig, ClusterLabelerConfig
 from clup.models.backbones import build_backbone
 from clup.models.checkpoint import Classifier
-from clup.pseudo_labels import normalize_embeddings
 from clup.stages.cluster_labeler import ClusterLabeler
 
 NUM_CLASSES = 3

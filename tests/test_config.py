@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from clup.config import ConfigError, dump_yaml, experiment_from_dict, load_experiment
+from clup.config import config_to_dict, dump_yaml, experiment_from_dict, load_experiment
+from clup.errors import ConfigError
 from tests.conftest import tiny_experiment, write_experiment
 
 SHIPPED = sorted(Path(__file__).parents[1].joinpath("experiments").glob("*.yaml"))
@@ -151,6 +152,18 @@ def test_paper_setups_carry_the_reference_settings(name: str) -> None:
             source.optimizer.decay, source.preprocessing.image_size) == \
         (0.1, 0.01, "exponential", 0.99, 160)
     assert source.run_name == f"source-{name.split('-')[0]}"
+
+
+def test_the_source_models_share_everything_but_their_dataset() -> None:
+    """experiments/shared/source.yaml holds the recipe; each source file names its data."""
+    recipes = []
+    for dataset in ("afe", "rafdb"):
+        path = Path(__file__).parents[1] / "experiments" / f"source-{dataset}.yaml"
+        config = config_to_dict(load_experiment(path))
+        assert config.pop("name") == config["source"].pop("run_name") == f"source-{dataset}"
+        assert config["source"].pop("data")["kind"] == dataset
+        recipes.append(config)
+    assert recipes[0] == recipes[1]
 
 
 def test_an_error_in_a_base_file_names_the_files_merged(tmp_path: Path) -> None:

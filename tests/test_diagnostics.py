@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from clup.diagnostics import (
+from clup.clustering.diagnostics import (
     class_shares,
     knn_label_agreement,
     plot_diagnostics,

@@ -32,8 +32,9 @@ from clup.data.digits import (
 from clup.errors import ConfigError, ManifestError, MissingPackage
 from clup.io import read_json
 from clup.models.checkpoint import load_classifier
-from clup.pipeline import run_stage, stage_dir
+from clup.pipeline import run_stage
 from clup.presets import resolve_sfda
+from clup.registry import stage_dir
 
 REPO = Path(__file__).resolve().parent.parent
 SIZE = 16

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import threading
 import time
@@ -21,7 +22,8 @@ from clup.distributed import (
 )
 from clup.errors import ConfigError
 from clup.io import write_json
-from clup.pipeline import STAGES, Stage, fingerprint, run_stage, stage_dir
+from clup.pipeline import fingerprint, run_stage
+from clup.registry import STAGES, stage_dir
 from clup.stages.common import resume_checkpoint
 from tests.conftest import tiny_experiment
 
@@ -104,8 +106,8 @@ def test_stages_started_by_the_driver_use_lightnings_local_environment(
 calls: list[str] = []
 
 
-def record_call(config, run_dir) -> dict:
-    calls.append(str(run_dir))
+def record_call(config, paths) -> dict:
+    calls.append(str(paths.layout.run_dir))
     return {"ran": True}
 
 
@@ -113,8 +115,8 @@ def test_other_ranks_wait_for_rank_zero_then_train_without_books(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     config = experiment_from_dict(tiny_experiment(tmp_path))
     stage = STAGES["stage2"]
-    monkeypatch.setitem(STAGES, "stage2", Stage(stage.name, stage.title, stage.upstream,
-                                                stage.settings, f"{__name__}:record_call"))
+    monkeypatch.setitem(STAGES, "stage2", dataclasses.replace(stage,
+                                                              entry=f"{__name__}:record_call"))
     monkeypatch.setattr(pipeline, "RANK_POLL_S", 0.01)
     monkeypatch.setenv("SLURM_PROCID", "1")
     monkeypatch.setenv("SLURM_JOB_ID", "77")

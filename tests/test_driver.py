@@ -7,9 +7,11 @@ import pytest
 
 from clup import driver
 from clup.config import experiment_from_dict
-from clup.driver import last_progress_line, plan_devices, visible_gpus
+from clup.devices import plan_devices, visible_gpus
+from clup.driver import last_progress_line
 from clup.errors import StageFailed
-from clup.pipeline import fingerprint, stage_dir
+from clup.pipeline import fingerprint
+from clup.registry import stage_dir
 from tests.conftest import tiny_experiment
 
 
@@ -99,7 +101,7 @@ def _fake_stages(config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,  # noq
         return [sys.executable, str(script), name, str(stage_dir(config, run_dir, name)),
                 str(record), partners[name]]
 
-    monkeypatch.setattr(driver, "_command", command)
+    monkeypatch.setattr(driver, "stage_command", command)
     return marks
 
 
@@ -121,7 +123,7 @@ def test_driver_starts_stages_with_their_gpus_and_runs_1_and_2_at_once(
     partners = {"stage1": "stage2", "stage2": "stage1", "stage3": "-"}
     marks = _fake_stages(config, tmp_path, monkeypatch, partners)
     order = {"stage1": (), "stage2": (), "stage3": ("stage1", "stage2")}
-    driver._run_stages(config, config.run_dir, list(partners), env, order, False, print)
+    driver.run_stages(config, config.run_dir, list(partners), env, order, False, print)
 
     seen = {name: json.loads((marks / f"{name}.env").read_text())["CUDA_VISIBLE_DEVICES"]
             for name in partners}
@@ -150,7 +152,7 @@ def test_without_gpus_swav_trains_beside_the_source_model_sharing_one_thread_poo
     partners = {"source": "stage2", "stage2": "source", "stage1": "-", "stage3": "-"}
     marks = _fake_stages(config, tmp_path, monkeypatch, partners)
     lines: list[str] = []
-    driver._run_stages(config, config.run_dir, list(order), env, order, False, lines.append)
+    driver.run_stages(config, config.run_dir, list(order), env, order, False, lines.append)
 
     times = _times(marks, list(partners))
     assert times["source"]["started"] < times["stage2"]["ended"]
@@ -170,24 +172,24 @@ def test_a_failing_stage_stops_the_one_beside_it(
     script = tmp_path / "stage.py"
     script.write_text("import sys, time\nif sys.argv[1] == 'stage1':\n    sys.exit(4)\n"
                       "time.sleep(60)\n")
-    monkeypatch.setattr(driver, "_command",
+    monkeypatch.setattr(driver, "stage_command",
                         lambda name, run_dir: [sys.executable, str(script), name])
     stopped = _record_stops(monkeypatch)
     with pytest.raises(StageFailed, match="ClusterLabeler failed .exit code 4"):
-        driver._run_stages(config, config.run_dir, ["stage1", "stage2"], plan_devices([], 2),
+        driver.run_stages(config, config.run_dir, ["stage1", "stage2"], plan_devices([], 2),
                            {"stage1": (), "stage2": ()}, False, print)
     assert _terminated(stopped)  # stage 2 was stopped, not waited for
 
 
 def _record_stops(monkeypatch: pytest.MonkeyPatch) -> list:
     stopped: list = []
-    real = driver._stop
+    real = driver.stop_stages
 
     def stop(processes: list) -> None:
         stopped.extend(processes)
         real(processes)
 
-    monkeypatch.setattr(driver, "_stop", stop)
+    monkeypatch.setattr(driver, "stop_stages", stop)
     return stopped
 
 
@@ -204,11 +206,12 @@ def test_a_cancelled_run_stops_its_stages(tmp_path: Path,
     config = experiment_from_dict(tiny_experiment(tmp_path))
     script = tmp_path / "stage.py"
     script.write_text("import time\ntime.sleep(60)\n")
-    monkeypatch.setattr(driver, "_command", lambda name, run_dir: [sys.executable, str(script)])
+    monkeypatch.setattr(driver, "stage_command",
+                        lambda name, run_dir: [sys.executable, str(script)])
     cancel = threading.Event()
     threading.Timer(1.0, cancel.set).start()
     stopped = _record_stops(monkeypatch)
     with pytest.raises(StageFailed, match="stopped, since another run failed"):
-        driver._run_stages(config, config.run_dir, ["stage2"], plan_devices([], 2),
+        driver.run_stages(config, config.run_dir, ["stage2"], plan_devices([], 2),
                            {"stage2": ()}, True, print, cancel)
     assert _terminated(stopped)

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from clup import kmeans as kmeans_module
-from clup.kmeans import available_backends, fit_kmeans, resolve_backend
+from clup.clustering import kmeans as kmeans_module
+from clup.clustering.kmeans import available_backends, fit_kmeans, resolve_backend
 
 faiss = pytest.importorskip("faiss")
 

@@ -6,7 +6,8 @@ from pathlib import Path
 
 from clup import launch
 from clup.config import experiment_from_dict
-from clup.driver import plan_devices, preloads_stages
+from clup.devices import plan_devices
+from clup.driver import preloads_stages
 from tests.conftest import tiny_experiment
 
 SCRIPT = """\

@@ -5,7 +5,8 @@ import pytest
 from clup.config import SFDA_METHODS, experiment_from_dict
 from clup.errors import ConfigError
 from clup.plan import describe_plan
-from clup.presets import PRESETS, TABLE, auto_preset, require_resolved, resolve_sfda, settings_of
+from clup.preset_table import PRESETS, TABLE
+from clup.presets import auto_preset, require_resolved, resolve_sfda, settings_of
 from tests.conftest import tiny_experiment as _tiny
 
 
@@ -65,6 +66,12 @@ def test_every_preset_sets_everything_its_method_reads(tmp_path: Path, method: s
     require_resolved(config.sfda, method)
     assert set(TABLE[method][preset]) == set(settings_of(method))
     config.sfda.validate("sfda")
+
+
+def test_the_schema_takes_the_preset_names_from_the_table(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"sfda.preset must be one of \['auto', 'digits', "
+                                          r"'office31', 'office-home', 'visda'\], got 'x'"):
+        experiment_from_dict(tiny_experiment(tmp_path, sfda={"preset": "x"}))
 
 
 def test_methods_that_do_not_adapt_leave_sfda_alone(tmp_path: Path) -> None:

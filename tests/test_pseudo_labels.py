@@ -9,7 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
-from clup.pseudo_labels import (
+from clup.clustering.pseudo_labels import (
     agreeing_members,
     assign_pseudo_labels,
     cluster_purity,

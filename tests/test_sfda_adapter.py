@@ -15,8 +15,9 @@ from clup.data.datasets import prepare_dataset
 from clup.errors import ConfigError
 from clup.io import read_json
 from clup.models.checkpoint import Classifier, load_classifier
-from clup.pipeline import run_stage, stage_dir
+from clup.pipeline import run_stage
 from clup.presets import resolve_sfda
+from clup.registry import stage_dir
 from clup.stages.common import fit_stage
 from clup.stages.sfda_adapter import NRCAdapter
 from tests.conftest import tiny_experiment

@@ -13,8 +13,9 @@ from clup.cli import main
 from clup.config import SlurmStagesConfig, load_experiment
 from clup.errors import ConfigError
 from clup.io import write_json
-from clup.pipeline import STAGES, fingerprint, stage_dir
-from clup.slurm import sbatch_scripts
+from clup.pipeline import fingerprint
+from clup.registry import STAGES, stage_dir
+from clup.slurm.launcher import sbatch_scripts
 from tests.conftest import tiny_experiment, write_experiment
 from tests.fake_raw import make_fake_afe, make_fake_expw
 

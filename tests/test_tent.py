@@ -17,8 +17,9 @@ from clup.io import read_json
 from clup.losses.sfda import tent_loss
 from clup.models.backbones import Backbone, build_backbone
 from clup.models.checkpoint import Classifier, load_classifier, save_classifier
-from clup.pipeline import run_stage, stage_dir
+from clup.pipeline import run_stage
 from clup.presets import resolve_sfda
+from clup.registry import stage_dir
 from clup.stages.sfda_adapter import PublishedTentAdapter, TentAdapter
 from tests.conftest import tiny_experiment
 

@@ -23,9 +23,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
-from clup.config import RAW_DATASETS, DatasetConfig, PreprocessingConfig, RuntimeConfig, SwAVConfig
+from clup.config import DatasetConfig, PreprocessingConfig, RuntimeConfig, SwAVConfig
 from clup.data.batch_augment import BatchInput, BatchMultiCrop
 from clup.data.datasets import prepare_dataset, read_dataset
+from clup.data.kinds import KINDS
 from clup.data.manifest import ImageTable
 from clup.data.transforms import MultiCrop, eval_transform, train_transform
 from clup.errors import ManifestError
@@ -215,9 +216,8 @@ class DomainDataModule(L.LightningDataModule):
         """The side SwAV's batched crops are cut from (see `SwAVConfig.crop_source_size`)."""
         if self.swav is not None and self.swav.crop_source_size is not None:
             return self.swav.crop_source_size
-        if self.dataset.kind in RAW_DATASETS:
-            return self.dataset.prepared_size
-        return self.preprocessing.image_size
+        return KINDS[self.dataset.kind].crop_source_size(self.dataset,
+                                                         self.preprocessing.image_size)
 
     @property
     def _cache_bytes(self) -> int:

@@ -20,7 +20,6 @@ is clipped to it and counted. Errors in the list files themselves stop the run
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import multiprocessing
 import os
@@ -35,10 +34,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from clup.config import CANONICAL_CLASSES
+from clup.data.classes import CANONICAL_CLASSES
 from clup.data.raw.base import Box, RawDataset, RawFace
 from clup.errors import ClupError, ManifestError
-from clup.io import atomic_path, file_lock, read_json, write_json, write_text
+from clup.io import atomic_path, file_lock, file_sha256, read_json, write_json, write_text
 from clup.paths import PREPARED_ROOT_ENV
 
 FORMAT = "clup-prepared/1"
@@ -92,7 +91,7 @@ def prepared_settings(dataset: RawDataset, root: Path, size: int, split_seed: in
         "dataset": dataset.name,
         "size": size,
         "split_seed": split_seed if dataset.seeded_split else None,
-        "lists": {p: _digest(root / p) for p in dataset.required if (root / p).is_file()},
+        "lists": {p: file_sha256(root / p) for p in dataset.required if (root / p).is_file()},
     }
 
 
@@ -292,10 +291,3 @@ def _csv(header: list[str], rows: list[list[Any]]) -> str:
     writer.writerows(rows)
     return buffer.getvalue()
 
-
-def _digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -7,6 +7,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from clup.config import BackboneConfig
+from clup.models.stems import STEMS
 
 
 class Backbone(nn.Module):
@@ -27,10 +28,6 @@ def build_backbone(config: BackboneConfig) -> Backbone:
     if config.name == "small_cnn":
         return _small_cnn(config.width)
     raise ValueError(f"backbone.name must be resnet18 or small_cnn, got {config.name!r}")
-
-
-STEMS = {"small": (3, 1), "reference": (7, 2)}
-"""`BackboneConfig.stem` -> (kernel, padding) of the stride-1 first convolution."""
 
 
 def _resnet18(small_images: bool, stem: str = "small") -> Backbone:

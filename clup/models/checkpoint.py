@@ -17,14 +17,13 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.parametrizations import weight_norm
 
-from clup.config import BackboneConfig, PreprocessingConfig, from_dict
+from clup.config import HEADS, BackboneConfig, PreprocessingConfig, from_dict
 from clup.errors import CheckpointError
 from clup.io import save_torch
 from clup.models.backbones import Backbone, build_backbone
 
 FORMAT = "clup-classifier/1"
 BACKBONE_FORMAT = "clup-backbone/1"
-HEADS = ("linear", "shot")
 SHOT_BOTTLENECK_DIM = 256
 """SHOT's bottleneck width (Liang et al., ICML 2020), also NRC's and AaD's."""
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import io
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,47 +19,29 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from clup import features
+from clup.clustering import PseudoLabels, cluster_pseudo_labels, features
+from clup.clustering.diagnostics import plot_diagnostics, pseudo_label_diagnostics
+from clup.clustering.pseudo_labels import normalize_embeddings, pseudo_label_summary
 from clup.config import ClusterLabelerConfig, ExperimentConfig, OptimizerConfig
 from clup.data.datamodule import DomainDataModule
 from clup.data.manifest import ImageTable
-from clup.diagnostics import plot_diagnostics, pseudo_label_diagnostics
-from clup.errors import ConfigError
 from clup.io import write_json, write_text
-from clup.kmeans import fit_kmeans
-from clup.models.checkpoint import Classifier, LoadedClassifier, load_classifier
-from clup.pipeline import stage_dir
-from clup.pseudo_labels import (
-    agreeing_members,
-    assign_pseudo_labels,
-    cluster_purity,
-    normalize_embeddings,
-    pseudo_label_summary,
-    select_by_threshold,
-    select_top_ratio,
+from clup.models.checkpoint import Classifier
+from clup.registry import StagePaths
+from clup.stages.common import (
+    ClassifierModule,
+    evaluate,
+    finish_loggers,
+    load_source,
+    make_trainer,
 )
-from clup.stages.common import ClassifierModule, evaluate, finish_loggers, make_trainer
-
-
-@dataclass(frozen=True)
-class PseudoLabels:
-    """Stage 1's result, one entry per target train image."""
-
-    cluster: np.ndarray
-    source_pred: np.ndarray
-    source_conf: np.ndarray
-    cluster_label: np.ndarray
-    purity: np.ndarray
-    pseudo_label: np.ndarray
-    selected: np.ndarray
-    inertia: float
-    kmeans_backend: str
 
 
 class ClusterLabeler(L.LightningModule):
     """The predict pass writes each image's normalised embedding (the classifier's input,
-    `Classifier.features`) and softmax to disk (`clup.features`), in index order whichever
-    rank saw it; `pseudo_label` then clusters and labels them."""
+    `Classifier.features`) and softmax to disk (`clup.clustering.features`), in index order
+    whichever rank saw it; `pseudo_label` then clusters and labels them
+    (`clup.clustering.cluster_pseudo_labels`)."""
 
     def __init__(self, model: Classifier, config: ClusterLabelerConfig, seed: int,
                  feature_dir: Path, num_samples: int) -> None:
@@ -95,40 +76,21 @@ class ClusterLabeler(L.LightningModule):
     def on_predict_end(self) -> None:
         assert self._shard is not None
         self._shard.close()
-        self.trainer.strategy.barrier("stage1 features written")
+        self.trainer.strategy.barrier("stage 1 features written")
         if self.trainer.is_global_zero:
             features.assemble(self.feature_dir, self.trainer.world_size, self.num_samples,
                               self.feature_dim, self.num_classes)
-        self.trainer.strategy.barrier("stage1 features assembled")
+        self.trainer.strategy.barrier("stage 1 features assembled")
 
     def pseudo_label(self, embeddings: np.ndarray, probs: np.ndarray) -> PseudoLabels:
         """Cluster the normalised embeddings [N, D] and label every image from its cluster."""
-        config = self.config
-        num_classes = probs.shape[1]
-        if config.num_clusters > len(embeddings):
-            raise ConfigError(
-                f"cluster_labeler.num_clusters ({config.num_clusters}) exceeds the number of "
-                f"target train images ({len(embeddings)})"
-            )
-        predictions = probs.argmax(axis=1)
-        kmeans = fit_kmeans(embeddings, config.num_clusters, seed=self.seed,
-                            backend=config.kmeans_backend, init=config.kmeans_init,
-                            max_iter=config.kmeans_max_iter, n_init=config.kmeans_n_init,
-                            progress=True)
-        clusters = kmeans.assignments
-        votes = cluster_purity(clusters, predictions, config.num_clusters, num_classes)
-        cluster_label, purity = assign_pseudo_labels(clusters, votes)
-        confidence = probs.max(axis=1)
-        pseudo = cluster_label if config.labels == "cluster" else predictions
-        scores = purity if config.score == "purity" else confidence
-        eligible = agreeing_members(predictions, pseudo) if config.drop_disagreeing else None
-        if config.purity_threshold is None:
-            selected = select_top_ratio(pseudo, scores, config.selection_ratio, num_classes,
-                                        eligible)
-        else:
-            selected = select_by_threshold(scores, config.purity_threshold, eligible)
-        return PseudoLabels(clusters, predictions, confidence, cluster_label, purity, pseudo,
-                            selected, kmeans.inertia, kmeans.backend)
+        c = self.config
+        return cluster_pseudo_labels(
+            embeddings, probs, num_clusters=c.num_clusters, selection_ratio=c.selection_ratio,
+            labels=c.labels, score=c.score, drop_disagreeing=c.drop_disagreeing,
+            purity_threshold=c.purity_threshold, seed=self.seed,
+            kmeans_backend=c.kmeans_backend, kmeans_init=c.kmeans_init,
+            kmeans_max_iter=c.kmeans_max_iter, kmeans_n_init=c.kmeans_n_init, progress=True)
 
 
 def pseudo_label_csv(table: ImageTable, labels: PseudoLabels) -> str:
@@ -147,12 +109,12 @@ def pseudo_label_csv(table: ImageTable, labels: PseudoLabels) -> str:
     return buffer.getvalue()
 
 
-def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
-    """Write `stage1/pseudo_labels.csv`, `summary.json` and the source model's target metrics.
+def run(config: ExperimentConfig, paths: StagePaths) -> dict[str, Any]:
+    """Write the stage's `pseudo_labels`, `summary` and the source model's target metrics
+    (`source_on_target`).
 
     Every rank embeds its share of the images; rank 0 clusters and writes the tables."""
-    folder = stage_dir(config, run_dir, "stage1")
-    source = load_source(config, run_dir)
+    source = load_source(config, paths)
     datamodule = DomainDataModule(
         config.require_target(), config.classes, source.preprocessing,
         eval_batch_size=config.cluster_labeler.batch_size,
@@ -162,8 +124,8 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     datamodule.setup()
     table = datamodule.train_table
     labeler = ClusterLabeler(source.model, config.cluster_labeler, config.seed,
-                             folder / "features", len(table))
-    trainer = make_trainer(config, folder, "stage1")
+                             paths.output("feature_cache"), len(table))
+    trainer = make_trainer(config, paths.folder, paths.name)
     if not labeler.features_complete:
         trainer.predict(labeler, datamodule=datamodule, return_predictions=False)
     source_eval = ClassifierModule(source.model, config.classes, OptimizerConfig())
@@ -172,14 +134,14 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         # The last collective is behind: rank 0 alone clusters, the others need not wait.
         finish_loggers(trainer)
         return {}
-    summary = _label_and_write(config, labeler, table, folder)
-    write_json(folder / "source_on_target.json", source_on_target)
-    plot = folder / "pseudo_labels.png"
+    summary = _label_and_write(config, labeler, table, paths)
+    write_json(paths.output("source_on_target"), source_on_target)
+    plot = paths.output("plot")
     for logger in trainer.loggers:
-        logger.log_metrics({f"stage1/{k}": v for k, v in summary.items()
+        logger.log_metrics({f"{paths.name}/{k}": v for k, v in summary.items()
                             if isinstance(v, int | float)})
         if isinstance(logger, WandbLogger) and plot.is_file():
-            logger.log_image(key="stage1/pseudo_labels", images=[str(plot)])
+            logger.log_image(key=f"{paths.name}/pseudo_labels", images=[str(plot)])
     finish_loggers(trainer)
     return {
         "pseudo_label_accuracy": summary.get("pseudo_label_accuracy"),
@@ -190,13 +152,13 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
 
 
 def _label_and_write(config: ExperimentConfig, labeler: ClusterLabeler, table: ImageTable,
-                     stage_dir: Path) -> dict[str, Any]:
-    """Cluster, label and select; write `pseudo_labels.csv` and `summary.json`."""
+                     paths: StagePaths) -> dict[str, Any]:
+    """Cluster, label and select; write the `pseudo_labels` table and the `summary`."""
     begin = time.perf_counter()
     embeddings, probs = features.load(labeler.feature_dir)
     labels = labeler.pseudo_label(embeddings, probs)
     seconds = time.perf_counter() - begin
-    write_text(stage_dir / "pseudo_labels.csv", pseudo_label_csv(table, labels))
+    write_text(paths.output("pseudo_labels"), pseudo_label_csv(table, labels))
     summary = pseudo_label_summary(labels.pseudo_label, labels.selected, len(config.classes),
                                    table.labels if table.has_labels else None)
     summary.update(num_clusters=config.cluster_labeler.num_clusters,
@@ -205,41 +167,24 @@ def _label_and_write(config: ExperimentConfig, labeler: ClusterLabeler, table: I
                    empty_clusters=int(config.cluster_labeler.num_clusters
                                       - len(np.unique(labels.cluster))))
     if table.has_labels:
-        summary.update(_diagnose(labels, table.labels, len(config.classes), stage_dir))
-    write_json(stage_dir / "summary.json", summary)
+        summary.update(_diagnose(labels, table.labels, len(config.classes),
+                                 paths.output("plot")))
+    write_json(paths.output("summary"), summary)
     return summary
 
 
-def _diagnose(labels: PseudoLabels, truth: np.ndarray, num_classes: int, stage_dir: Path
+def _diagnose(labels: PseudoLabels, truth: np.ndarray, num_classes: int, plot: Path
               ) -> dict[str, Any]:
-    """Purity vs confidence as rankings of correct pseudo-labels; writes `pseudo_labels.png`."""
+    """Purity vs confidence as rankings of correct pseudo-labels; plots them into `plot`."""
     diagnostics = pseudo_label_diagnostics(
         {"cluster label, purity": (labels.cluster_label, labels.purity),
          "instance label, confidence": (labels.source_pred, labels.source_conf)},
         truth, num_classes,
     )
-    plot_diagnostics(diagnostics, stage_dir / "pseudo_labels.png",
+    plot_diagnostics(diagnostics, plot,
                      "Stage 1 pseudo-labels on the target train split")
     return {
         "auc_purity": diagnostics["cluster label, purity"]["auc"],
         "auc_confidence": diagnostics["instance label, confidence"]["auc"],
         "diagnostics": diagnostics,
     }
-
-
-def source_checkpoint(config: ExperimentConfig, run_dir: Path) -> Path:
-    """The experiment's source model, or the one the driver trained into the run folder."""
-    if config.source.checkpoint:
-        return Path(config.source.checkpoint)
-    return stage_dir(config, run_dir, "source") / "model.ckpt"
-
-
-def load_source(config: ExperimentConfig, run_dir: Path) -> LoadedClassifier:
-    """The source model, checked to predict the experiment's classes."""
-    source = load_classifier(source_checkpoint(config, run_dir))
-    if source.classes != list(config.classes):
-        raise ConfigError(
-            f"the source model's classes {source.classes} differ from the experiment's "
-            f"classes {config.classes}"
-        )
-    return source

@@ -1,4 +1,6 @@
-"""What every stage shares: optimiser schedule, evaluation, trainer and loggers."""
+"""What every stage shares: the source model, optimiser and schedule, evaluation, trainer
+and loggers, and the end of a fit (save on rank 0, close the loggers, drop the resume
+checkpoints)."""
 
 from __future__ import annotations
 
@@ -24,23 +26,48 @@ from clup.config import (
 )
 from clup.data.datamodule import DomainDataModule
 from clup.distributed import cluster_environment, device_layout
+from clup.errors import ConfigError
 from clup.evaluation import classification_metrics
 from clup.io import write_json
-from clup.models.checkpoint import Classifier, save_classifier
+from clup.models.checkpoint import Classifier, LoadedClassifier, load_classifier, save_classifier
+from clup.registry import REQUEUE_CHECKPOINTS, STAGE_FILES, StagePaths, stage_file
 from clup.speed import FollowThreadShare, SpeedSettings
+
+
+def source_checkpoint(config: ExperimentConfig, paths: StagePaths) -> Path:
+    """The experiment's source model, or the one the driver trained (the stage's declared
+    input `source_model`)."""
+    if config.source.checkpoint:
+        return Path(config.source.checkpoint)
+    return paths.input("source_model")
+
+
+def load_source(config: ExperimentConfig, paths: StagePaths) -> LoadedClassifier:
+    """The source model, checked to predict the experiment's classes."""
+    source = load_classifier(source_checkpoint(config, paths))
+    if source.classes != list(config.classes):
+        raise ConfigError(
+            f"the source model's classes {source.classes} differ from the experiment's "
+            f"classes {config.classes}"
+        )
+    return source
+
+
+def make_optimizer(groups: Any, config: OptimizerConfig) -> torch.optim.Optimizer:
+    """SGD (Nesterov when asked and momentum is set) or AdamW, over parameters or groups."""
+    if config.name == "sgd":
+        return torch.optim.SGD(
+            groups, lr=config.lr, momentum=config.momentum,
+            nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay,
+        )
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay)
 
 
 def configure_optimizer(
     module: L.LightningModule, params: Any, config: OptimizerConfig
 ) -> dict[str, Any]:
     """The configured optimiser with per-step linear warm-up then cosine decay to zero."""
-    if config.name == "sgd":
-        optimizer = torch.optim.SGD(
-            params, lr=config.lr, momentum=config.momentum,
-            nesterov=config.nesterov and config.momentum > 0, weight_decay=config.weight_decay,
-        )
-    else:
-        optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = make_optimizer(params, config)
     total = max(int(module.trainer.estimated_stepping_batches), 1)
     epoch_steps = max(total // max(module.trainer.max_epochs or 1, 1), 1)
     warmup = epoch_steps * config.warmup_epochs
@@ -127,7 +154,8 @@ def wandb_mode(config: WandbConfig) -> str:
 
 
 def make_loggers(config: ExperimentConfig, stage_dir: Path, stage: str) -> list[Logger]:
-    loggers: list[Logger] = [CSVLogger(save_dir=stage_dir, name="csv", version="")]
+    loggers: list[Logger] = [CSVLogger(save_dir=stage_dir, name=STAGE_FILES["csv_log"],
+                                       version="")]
     mode = wandb_mode(config.wandb)
     if mode != "disabled":
         import wandb
@@ -203,7 +231,7 @@ def make_trainer(
         precision=resolve_precision(runtime.precision, runtime.accelerator),
         max_epochs=max_epochs,
         logger=make_loggers(config, stage_dir, stage),
-        callbacks=[ResumeCheckpoint(stage_dir / "checkpoints" / "last.ckpt"),
+        callbacks=[ResumeCheckpoint(stage_file(stage_dir, "resume")),
                    SpeedSettings(runtime), FollowThreadShare()],
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
         default_root_dir=stage_dir,
@@ -229,7 +257,7 @@ def fit_stage(
     # call (the test too): once fit is over, those hold stale weights.
     trainer.strategy.barrier("fit done")
     if trainer.is_global_zero:
-        for hpc in stage_dir.glob("hpc_ckpt_*.ckpt"):
+        for hpc in stage_dir.glob(REQUEUE_CHECKPOINTS):
             hpc.unlink()
     trainer.strategy.barrier("requeue checkpoints removed")
     return trainer
@@ -242,8 +270,7 @@ def resume_checkpoint(stage_dir: Path) -> str | None:
     A checkpoint is a zip archive whose index comes last: one cut off mid-write (the job
     killed while saving) is not a zip file and is passed over.
     """
-    found = [p for p in [stage_dir / "checkpoints" / "last.ckpt",
-                         *stage_dir.glob("hpc_ckpt_*.ckpt")]
+    found = [p for p in [stage_file(stage_dir, "resume"), *stage_dir.glob(REQUEUE_CHECKPOINTS)]
              if p.is_file() and zipfile.is_zipfile(p)]
     return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
 
@@ -260,29 +287,35 @@ def finish_loggers(trainer: L.Trainer) -> None:
 def remove_checkpoints(trainer: L.Trainer, stage_dir: Path) -> None:
     """Resume checkpoints are only useful until the stage's own artifact is written."""
     if trainer.is_global_zero:
-        shutil.rmtree(stage_dir / "checkpoints", ignore_errors=True)
+        shutil.rmtree(stage_file(stage_dir, "checkpoint_dir"), ignore_errors=True)
+
+
+def close_stage(trainer: L.Trainer, stage_dir: Path) -> None:
+    """After a stage's artifacts are written: close its loggers, drop its resume
+    checkpoints."""
+    finish_loggers(trainer)
+    remove_checkpoints(trainer, stage_dir)
 
 
 def fit_and_evaluate(
     config: ExperimentConfig,
-    stage_dir: Path,
-    stage: str,
+    paths: StagePaths,
     module: ClassifierModule,
     datamodule: DomainDataModule,
     epochs: int,
     backbone: BackboneConfig,
 ) -> dict[str, Any]:
-    """Train (resuming if interrupted), evaluate on the test split, save the classifier."""
-    trainer = fit_stage(config, stage_dir, stage, module, datamodule, epochs)
+    """Train (resuming if interrupted), evaluate on the test split, save the classifier as
+    the stage's `model` and the test metrics as its `metrics`."""
+    trainer = fit_stage(config, paths.folder, paths.name, module, datamodule, epochs)
     metrics = evaluate(trainer, module, datamodule)
     if trainer.is_global_zero:
         save_classifier(
-            stage_dir / "model.ckpt", module.model, module.classes, backbone,
-            datamodule.preprocessing, metadata={"test": metrics, "stage": stage},
+            paths.output("model"), module.model, module.classes, backbone,
+            datamodule.preprocessing, metadata={"test": metrics, "stage": paths.name},
         )
-        write_json(stage_dir / "metrics.json", metrics)
-    finish_loggers(trainer)
-    remove_checkpoints(trainer, stage_dir)
+        write_json(paths.output("metrics"), metrics)
+    close_stage(trainer, paths.folder)
     return metrics
 
 

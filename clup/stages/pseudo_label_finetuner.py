@@ -5,7 +5,6 @@ The backbone may come from elsewhere for ablations (`finetune.init`)."""
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -15,9 +14,8 @@ from clup.data.datamodule import DomainDataModule
 from clup.mixup import mixup_batch, mixup_cross_entropy
 from clup.models.backbones import Backbone, build_backbone
 from clup.models.checkpoint import Classifier, load_backbone, load_classifier
-from clup.pipeline import stage_dir
-from clup.stages.cluster_labeler import source_checkpoint
-from clup.stages.common import ClassifierModule, fit_and_evaluate, gather_rows
+from clup.registry import StagePaths
+from clup.stages.common import ClassifierModule, fit_and_evaluate, gather_rows, source_checkpoint
 
 
 class PseudoLabelFinetuner(ClassifierModule):
@@ -48,21 +46,21 @@ class PseudoLabelFinetuner(ClassifierModule):
         return loss
 
 
-def initial_backbone(config: ExperimentConfig, run_dir: Path
+def initial_backbone(config: ExperimentConfig, paths: StagePaths
                      ) -> tuple[Backbone, BackboneConfig, PreprocessingConfig]:
     """The backbone stage 3 starts from, with its architecture and input settings."""
     if config.finetune.init == "swav":
-        path = stage_dir(config, run_dir, "stage2") / "backbone.ckpt"
-        return load_backbone(path, config.backbone), config.backbone, config.preprocessing
+        backbone = load_backbone(paths.input("backbone"), config.backbone)
+        return backbone, config.backbone, config.preprocessing
     if config.finetune.init == "source":
-        source = load_classifier(source_checkpoint(config, run_dir))
+        source = load_classifier(source_checkpoint(config, paths))
         return source.model.backbone, source.backbone, source.preprocessing
     return build_backbone(config.backbone), config.backbone, config.preprocessing
 
 
-def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
-    """Fine-tune into `stage3/model.ckpt` and write `stage3/metrics.json`."""
-    backbone, backbone_config, preprocessing = initial_backbone(config, run_dir)
+def run(config: ExperimentConfig, paths: StagePaths) -> dict[str, Any]:
+    """Fine-tune into the stage's `model` and write its `metrics`."""
+    backbone, backbone_config, preprocessing = initial_backbone(config, paths)
     model = Classifier(backbone, len(config.classes))
     module = PseudoLabelFinetuner(model, config.classes, config.finetune.optimizer,
                                   config.finetune.mixup_alpha, config.seed)
@@ -70,9 +68,9 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         config.require_target(), config.classes, preprocessing,
         batch_size=config.finetune.batch_size, runtime=config.runtime,
         train_views="pseudo_labels",
-        pseudo_labels=stage_dir(config, run_dir, "stage1") / "pseudo_labels.csv",
+        pseudo_labels=paths.input("pseudo_labels"),
         color_jitter=config.finetune.color_jitter, augmentation=config.finetune.augmentation,
     )
-    metrics = fit_and_evaluate(config, run_dir / "stage3", "stage3", module, datamodule,
-                               config.finetune.epochs, backbone_config)
+    metrics = fit_and_evaluate(config, paths, module, datamodule, config.finetune.epochs,
+                               backbone_config)
     return {"target_test_accuracy": metrics["accuracy"]}

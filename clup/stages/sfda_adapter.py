@@ -4,16 +4,15 @@ Each method is one LightningModule on `SFDAAdapter`, which holds what they share
 evaluation (`ClassifierModule`'s), SHOT's SGD schedule, training progress and a pass over the
 target train split. The losses are the plain functions of `clup.losses.sfda`. Every method
 trains on the target train split with the training augmentation and no labels; the adapted
-classifier is saved as `adapt/model.ckpt`.
+classifier is saved as the stage's `model`.
 
-Resuming from `adapt/checkpoints/last.ckpt` restores the weights, optimiser and schedule; the
+Resuming from the stage's resume checkpoint restores the weights, optimiser and schedule; the
 state computed from the target data is rebuilt from the restored model: SHOT's pseudo-labels
 at the start of every epoch anyway, NRC's and AaD's banks at the start of every fit.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
@@ -21,10 +20,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from clup.clustering.diagnostics import class_shares, knn_label_agreement
 from clup.config import ExperimentConfig, OptimizerConfig, SFDAConfig
 from clup.data.datamodule import DomainDataModule
 from clup.data.datasets import read_dataset
-from clup.diagnostics import class_shares, knn_label_agreement
 from clup.errors import ConfigError
 from clup.losses.sfda import (
     aad_alpha,
@@ -37,8 +36,14 @@ from clup.losses.sfda import (
 )
 from clup.models.checkpoint import Classifier, batch_statistics_norms, use_batch_statistics
 from clup.presets import require_resolved, resolve_sfda, unresolved
-from clup.stages.cluster_labeler import load_source
-from clup.stages.common import ClassifierModule, fit_and_evaluate, gather_rows
+from clup.registry import StagePaths
+from clup.stages.common import (
+    ClassifierModule,
+    fit_and_evaluate,
+    gather_rows,
+    load_source,
+    make_optimizer,
+)
 
 
 class SFDAAdapter(ClassifierModule):
@@ -72,9 +77,7 @@ class SFDAAdapter(ClassifierModule):
             groups.append({"params": list(self.model.head.parameters()), "lr": opt.lr})
         groups.append({"params": list(self.model.backbone.parameters()),
                        "lr": opt.lr * self.sfda.backbone_lr_scale})
-        optimizer = torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum,
-                                    nesterov=opt.nesterov and opt.momentum > 0,
-                                    weight_decay=opt.weight_decay)
+        optimizer = make_optimizer(groups, opt)
         self.total_steps = max(int(self.trainer.estimated_stepping_batches), 1)
         if not self.sfda.lr_decay:
             return optimizer
@@ -395,8 +398,8 @@ TENT_VARIANTS: dict[str, type[SFDAAdapter]] = {
 }
 
 
-def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
-    """Adapt the source model into `adapt/model.ckpt` and write `adapt/metrics.json`."""
+def run(config: ExperimentConfig, paths: StagePaths) -> dict[str, Any]:
+    """Adapt the source model into the stage's `model` and write its `metrics`."""
     if config.method not in ADAPTERS:
         raise ConfigError(f"method must be one of {list(ADAPTERS)} to adapt, "
                           f"got {config.method!r}")
@@ -405,7 +408,7 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
     if unresolved(config.sfda, config.method):  # run without the driver, which resolves it
         target = read_dataset(config.require_target(), config.classes, "target")
         resolve_sfda(config, len(target["train"]))
-    source = load_source(config, run_dir)
+    source = load_source(config, paths)
     if adapter.needs_shot_head and source.model.head_kind != "shot":
         raise ConfigError(
             f"method {config.method}: SHOT, NRC and AaD need `source.head: shot`, but the "
@@ -418,7 +421,6 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         batch_size=config.sfda.batch_size, runtime=config.runtime,
         train_views="unlabelled" if config.sfda.augment else "unaugmented", color_jitter=0.0,
     )
-    metrics = fit_and_evaluate(config, run_dir / "adapt", "adapt", module, datamodule,
-                               1 if adapter.one_pass else config.sfda.epochs,
-                               source.backbone)
+    metrics = fit_and_evaluate(config, paths, module, datamodule,
+                               1 if adapter.one_pass else config.sfda.epochs, source.backbone)
     return {"target_test_accuracy": metrics["accuracy"]}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,7 +11,7 @@ from clup.config import ExperimentConfig, OptimizerConfig
 from clup.data.datamodule import DomainDataModule
 from clup.models.backbones import build_backbone
 from clup.models.checkpoint import Classifier, load_pretrained
-from clup.pipeline import stage_dir
+from clup.registry import StagePaths
 from clup.stages.common import ClassifierModule, fit_and_evaluate
 
 
@@ -33,8 +32,8 @@ class SourceClassifier(ClassifierModule):
         return loss
 
 
-def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
-    """Train the source model into `source/model.ckpt`; report source test accuracy."""
+def run(config: ExperimentConfig, paths: StagePaths) -> dict[str, Any]:
+    """Train the source model into its `model`; report source test accuracy."""
     source = config.source
     if source.data is None:
         raise ValueError("source.data is required to train a source model")
@@ -50,6 +49,6 @@ def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
               + (f"; head keys ignored: {', '.join(ignored)}" if ignored else ""), flush=True)
     model = Classifier(backbone, len(config.classes), head=source.head)
     module = SourceClassifier(model, config.classes, source.optimizer, source.label_smoothing)
-    metrics = fit_and_evaluate(config, stage_dir(config, run_dir, "source"), "source", module,
-                               datamodule, source.epochs, source.backbone)
+    metrics = fit_and_evaluate(config, paths, module, datamodule, source.epochs,
+                               source.backbone)
     return {"source_test_accuracy": metrics["accuracy"]}

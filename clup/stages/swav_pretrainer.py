@@ -6,7 +6,6 @@ Sinkhorn-Knopp codes and swapped prediction. Heads and loss come from lightly.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -22,13 +21,8 @@ from clup.data.datamodule import DomainDataModule
 from clup.io import write_json
 from clup.models.backbones import Backbone, build_backbone
 from clup.models.checkpoint import save_backbone
-from clup.pipeline import stage_dir
-from clup.stages.common import (
-    configure_optimizer,
-    finish_loggers,
-    fit_stage,
-    remove_checkpoints,
-)
+from clup.registry import StagePaths
+from clup.stages.common import close_stage, configure_optimizer, fit_stage
 
 
 class SwAVPretrainer(L.LightningModule):
@@ -108,21 +102,20 @@ class SwAVPretrainer(L.LightningModule):
         return configure_optimizer(self, self.parameters(), self.config.optimizer)
 
 
-def run(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
-    """Pretrain (resuming from the last epoch) and write `stage2/backbone.ckpt`."""
-    folder = stage_dir(config, run_dir, "stage2")
+def run(config: ExperimentConfig, paths: StagePaths) -> dict[str, Any]:
+    """Pretrain (resuming from the last epoch) and write the stage's `backbone`."""
     datamodule = DomainDataModule(
         config.require_target(), config.classes, config.preprocessing,
         batch_size=config.swav.batch_size, runtime=config.runtime,
         train_views="multicrop", swav=config.swav,
     )
     module = SwAVPretrainer(build_backbone(config.backbone), config.swav)
-    trainer = fit_stage(config, folder, "stage2", module, datamodule, config.swav.epochs)
+    trainer = fit_stage(config, paths.folder, paths.name, module, datamodule,
+                        config.swav.epochs)
     final_loss = float(trainer.callback_metrics.get("train/loss", float("nan")))
     if trainer.is_global_zero:
-        save_backbone(folder / "backbone.ckpt", module.backbone, config.backbone)
-        write_json(folder / "metrics.json",
+        save_backbone(paths.output("backbone"), module.backbone, config.backbone)
+        write_json(paths.output("metrics"),
                    {"final_loss": final_loss, "epochs": config.swav.epochs})
-    finish_loggers(trainer)
-    remove_checkpoints(trainer, folder)
+    close_stage(trainer, paths.folder)
     return {"final_loss": final_loss}

@@ -6,7 +6,7 @@ import os
 import posixpath
 from pathlib import Path
 
-from clup.config import CANONICAL_CLASSES
+from clup.data.classes import CANONICAL_CLASSES
 from clup.data.raw.base import (
     RawDataset,
     RawFace,

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from clup.config import CANONICAL_CLASSES
+from clup.data.classes import CANONICAL_CLASSES
 from clup.data.raw.base import RawDataset, RawFace, map_label, parse_int, text_lines
 from clup.errors import ManifestError
 

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from clup.config import CANONICAL_CLASSES
+from clup.data.classes import CANONICAL_CLASSES
 from clup.data.synthetic.domains import DOMAINS, DomainStyle, encode_sample
 from clup.data.synthetic.face import Identity
 from clup.io import atomic_folder, check_replaceable

@@ -69,7 +69,7 @@ def _bool_mask(values: Any, name: str, length: int) -> np.ndarray:
     return array
 
 
-def _positive_int(value: Any, name: str) -> int:
+def positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
         raise ValueError(f"{name} must be a positive integer, got {value!r}.")
     return int(value)
@@ -93,8 +93,8 @@ def _check_same_length(first: np.ndarray, first_name: str, other: np.ndarray, na
 def _vote_inputs(
     clusters: Any, predictions: Any, num_clusters: Any, num_classes: Any
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
-    num_clusters = _positive_int(num_clusters, "num_clusters")
-    num_classes = _positive_int(num_classes, "num_classes")
+    num_clusters = positive_int(num_clusters, "num_clusters")
+    num_classes = positive_int(num_classes, "num_classes")
     clusters = _int_vector(clusters, "clusters")
     predictions = _int_vector(predictions, "predictions")
     _check_same_length(clusters, "clusters", predictions, "predictions")
@@ -203,7 +203,7 @@ def select_top_ratio(
     """
     if isinstance(ratio, bool) or not isinstance(ratio, Real) or not 0 < ratio <= 1:
         raise ValueError(f"selection_ratio (ratio) must be a number in (0, 1], got {ratio!r}.")
-    num_classes = _positive_int(num_classes, "num_classes")
+    num_classes = positive_int(num_classes, "num_classes")
     pseudo_labels = _int_vector(pseudo_labels, "pseudo_labels")
     scores = _score_vector(scores, "scores")
     _check_same_length(pseudo_labels, "pseudo_labels", scores, "scores")
@@ -260,7 +260,7 @@ def pseudo_label_summary(
     also pseudo_label_accuracy over all samples and selected_accuracy over the selected ones,
     each None when there is nothing to measure.
     """
-    num_classes = _positive_int(num_classes, "num_classes")
+    num_classes = positive_int(num_classes, "num_classes")
     pseudo_labels = _int_vector(pseudo_labels, "pseudo_labels")
     selected = _bool_mask(selected, "selected", len(pseudo_labels))
     chosen = pseudo_labels[selected]

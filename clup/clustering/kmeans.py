@@ -23,19 +23,25 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
-import torch
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
-from clup.pseudo_labels import _positive_int
+from clup.clustering.pseudo_labels import positive_int
 
-BACKENDS = ("auto", "faiss", "faiss-cpu", "faiss-gpu", "sklearn")
+# torch and scikit-learn are imported where they are used: the configuration schema reads
+# BACKENDS and INITS without loading them.
+BACKENDS = ("auto", "faiss", "sklearn")
+"""The backends to choose from (`cluster_labeler.kmeans_backend`): `auto` is the fastest
+available, `faiss` its GPU build when a GPU is visible, else its CPU build."""
+FAISS_BUILDS = ("faiss-cpu", "faiss-gpu")
+"""What `faiss` resolves to; also accepted by name, to pin one."""
 INITS = ("k-means++", "random")
+"""The seedings to choose from (`cluster_labeler.kmeans_init`)."""
 MAX_POINTS_PER_CENTROID = 256
 INIT_POINTS_PER_CENTROID = 4
 """faiss seeds k-means++ on at most this many training rows per centre (scikit-learn's
 MiniBatchKMeans seeds on 3 * K): about 1 s at K = 1000, D = 513 on 2 cores, where all
-91,000 rows take 33 s (README, "Scale and speed")."""
+91,000 rows take 33 s (docs/scale.md, "Scale and speed")."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -79,8 +85,9 @@ def available_backends() -> tuple[str, ...]:
 def resolve_backend(name: str) -> str:
     """The concrete backend for `name`: "auto" is the fastest available, "faiss" its GPU
     build when a GPU is visible, else its CPU build."""
-    if name not in BACKENDS:
-        raise ValueError(f"backend must be one of {list(BACKENDS)}, got {name!r}.")
+    accepted = (*BACKENDS, *FAISS_BUILDS)
+    if name not in accepted:
+        raise ValueError(f"backend must be one of {list(accepted)}, got {name!r}.")
     if name == "auto":
         return available_backends()[0]
     if name == "sklearn":
@@ -128,7 +135,7 @@ def fit_kmeans(
     `torch.get_num_threads()`. Deterministic for a given seed on the CPU.
     """
     features = _check_features(features)
-    num_clusters = _positive_int(num_clusters, "num_clusters")
+    num_clusters = positive_int(num_clusters, "num_clusters")
     if num_clusters > len(features):
         raise ValueError(
             f"num_clusters must be at most the number of samples ({len(features)}), "
@@ -138,11 +145,11 @@ def fit_kmeans(
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}.")
     if init not in INITS:
         raise ValueError(f"init must be one of {list(INITS)}, got {init!r}.")
-    max_iter = _positive_int(max_iter, "max_iter")
-    n_init = _positive_int(n_init, "n_init")
-    chunk_rows = _positive_int(chunk_rows, "chunk_rows")
-    max_points_per_centroid = _positive_int(max_points_per_centroid, "max_points_per_centroid")
-    init_points_per_centroid = _positive_int(init_points_per_centroid,
+    max_iter = positive_int(max_iter, "max_iter")
+    n_init = positive_int(n_init, "n_init")
+    chunk_rows = positive_int(chunk_rows, "chunk_rows")
+    max_points_per_centroid = positive_int(max_points_per_centroid, "max_points_per_centroid")
+    init_points_per_centroid = positive_int(init_points_per_centroid,
                                              "init_points_per_centroid")
     if isinstance(tol, bool) or not isinstance(tol, Real) or not 0 <= tol < float("inf"):
         raise ValueError(f"tol must be a finite number >= 0, got {tol!r}.")
@@ -242,6 +249,8 @@ def _check_finite(features: np.ndarray, chunk_rows: int) -> None:
 @contextmanager
 def _thread_limit() -> Iterator[None]:
     """Run on torch's thread count, so that concurrent stages do not oversubscribe cores."""
+    import torch
+
     threads = torch.get_num_threads()
     faiss = _faiss()
     previous = faiss.omp_get_max_threads() if faiss is not None else None
@@ -330,6 +339,8 @@ def _flat_index(faiss: ModuleType, dim: int, gpu: bool) -> Any:
     index = faiss.IndexFlatL2(dim)
     if not gpu:
         return index
+    import torch
+
     device = torch.cuda.current_device() if torch.cuda.is_available() else 0
     resources = faiss.StandardGpuResources()
     gpu_index = faiss.index_cpu_to_gpu(resources, device, index)

@@ -24,16 +24,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clup.config import ExperimentConfig, SlurmStageConfig, dump_yaml
+from clup.config import ExperimentConfig, dump_yaml
 from clup.distributed import DEVICES_VARIABLE, NODES_VARIABLE
 from clup.errors import CheckpointError, ConfigError, SlurmError
 from clup.io import read_json, write_json, write_text
 from clup.paths import DATA_ROOT_ENV, PREPARED_ROOT_ENV, USER_CONFIG_ENV
-from clup.pipeline import STAGES, active_stages, done_record, shared_run, stage_dir
+from clup.pipeline import active_stages, done_record
 from clup.plan import check_inputs
+from clup.registry import RUN_FILES, STAGES, RunLayout
+from clup.slurm.schema import SlurmStageConfig
 
 SLURM_DIR = "slurm"
-JOBS_FILE = "jobs.json"
+JOBS_FILE = RUN_FILES["jobs"]
 REQUEUE_SIGNAL = "SIGUSR1@90"
 """Lightning's SLURM requeue: on SIGUSR1 it saves an `hpc_ckpt_*.ckpt` and requeues."""
 FORWARDED_ENV = (DATA_ROOT_ENV, PREPARED_ROOT_ENV, USER_CONFIG_ENV)
@@ -45,7 +47,7 @@ def stage_resources(config: ExperimentConfig, name: str) -> SlurmStageConfig:
     """A stage's job resources: the `slurm` section's, with `slurm.stages.<name>` over them."""
     slurm = config.slurm
     chosen = {f.name: getattr(slurm, f.name) for f in dataclasses.fields(SlurmStageConfig)}
-    if name == "stage1":
+    if STAGES[name].gpus == "first":
         chosen.update(nodes=1, gpus_per_node=min(config.runtime.stage1_gpus,
                                                  slurm.gpus_per_node))
     override = getattr(slurm.stages, name)
@@ -92,8 +94,9 @@ def _script(config: ExperimentConfig, run_dir: Path, workdir: Path, name: str,
     tasks = resources.gpus_per_node or 1
     log = run_dir / SLURM_DIR / f"{name}-%j.out"
     python = shlex.quote(config.slurm.python or sys.executable)
-    folder = workdir / stage_dir(config, run_dir, name)
-    shared = " (shared with other experiments)" if shared_run(config, name) else ""
+    layout = RunLayout(config, run_dir)
+    folder = workdir / layout.stage_dir(name)
+    shared = " (shared with other experiments)" if layout.shared_run(name) else ""
     waits = (f"the {' and '.join(after)} job{'s' if len(after) > 1 else ''} (sbatch "
              "--dependency=afterok, given at submission)" if after else "nothing")
     options = [
@@ -121,7 +124,8 @@ def _script(config: ExperimentConfig, run_dir: Path, workdir: Path, name: str,
     setup = (["# slurm.setup; nounset is off here, activation scripts often read unset "
               "variables", "set +u", *config.slurm.setup, "set -u", ""]
              if config.slurm.setup else [])
-    results = (["# The last stage to finish writes results.json and prints the results.",
+    results = ([f"# The last stage to finish writes {RUN_FILES['results']} and prints the "
+                "results.",
                 f"{python} -m clup.cli results --if-done {shlex.quote(str(run_dir))}"]
                if name in final_stages(config) else [])
     lines = [
@@ -174,7 +178,7 @@ def submit(config: ExperimentConfig, origin: str, dry_run: bool = False) -> dict
         print("\nDry run: nothing was written or submitted.")
         return {}
     if not pending:
-        from clup.driver import report_results
+        from clup.results import report_results
 
         report_results(config, run_dir)
         return {}
@@ -182,7 +186,7 @@ def submit(config: ExperimentConfig, origin: str, dry_run: bool = False) -> dict
         raise SlurmError("sbatch is not on PATH: run `clup run --launcher slurm` on a SLURM "
                          "login node, or run here without --launcher slurm")
     _check_previous_jobs(folder)
-    write_text(run_dir / "config.yaml", dump_yaml(config))
+    write_text(RunLayout(config, run_dir).file("config"), dump_yaml(config))
     jobs = _submit_in_order(folder, scripts, pending, origin)
     print(_describe_jobs(jobs, folder, run_dir))
     return {name: record["job_id"] for name, record in jobs.items()}
@@ -216,7 +220,7 @@ def _describe(config: ExperimentConfig, workdir: Path, pending: list[str]) -> st
              "found (the jobs prepare the datasets)",
              f"  output folder  {run_dir}", "  stages"]
     for name in active_stages(config):
-        folder = workdir / stage_dir(config, run_dir, name)
+        folder = workdir / RunLayout(config, run_dir).stage_dir(name)
         if name in pending:
             lines.append(f"    {STAGES[name].title:<31} {'SLURM job':<13} "
                          f"{_describe_resources(stage_resources(config, name))}  {folder}")
@@ -318,7 +322,8 @@ def _describe_jobs(jobs: dict[str, dict[str, Any]], folder: Path, run_dir: Path)
         f"  follow   squeue -j {ids} {' '.join(_clusters(jobs))}".rstrip(),
         f"  logs     {folder}/<stage>-<job id>.out",
         f"  record   {folder / JOBS_FILE}",
-        f"  results  {run_dir / 'results.json'}, also printed at the end of the last job's log; "
+        f"  results  {run_dir / RUN_FILES['results']}, also printed at the end of the last "
+        "job's log; "
         "rerun this command to resubmit what did not finish",
     ]
     return "\n".join(lines)

@@ -1,0 +1,237 @@
+"""Typed YAML: a file (and the files it `extends`) read into a tree of dataclasses.
+
+`load` reads a YAML file, applies `key.sub=value` overrides and converts the result
+against the dataclass annotations, refusing unknown keys, wrong types and values
+outside a `Literal` (or a `OneOf`), then calls each node's `validate(key)`, with a message
+that names the dotted key at fault. The `check_*` helpers are for those `validate` methods.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from collections.abc import Callable, Collection, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar, Union
+
+import yaml
+
+from clup.errors import ConfigError
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass(frozen=True)
+class OneOf:
+    """`Annotated[str, OneOf(values)]`: a `Literal` whose values another module holds. They
+    are asked for (`values()`) only when a value is converted, so that importing the schema
+    does not import that module."""
+
+    values: Callable[[], Collection[Any]]
+
+
+def load(cls: type[T], path: str | Path, overrides: Sequence[str] = ()) -> T:
+    """Read a YAML file (with the files it `extends`), apply overrides, convert, validate."""
+    path = Path(path)
+    files: list[Path] = []
+    raw = read_yaml_tree(path, files=files)
+    for item in overrides:
+        apply_override(raw, item)
+    try:
+        return from_dict(cls, raw)
+    except ConfigError as err:
+        bases = f" (merged with {', '.join(map(str, files[:-1]))})" if len(files) > 1 else ""
+        raise ConfigError(f"{path}{bases}: {err}") from None
+
+
+def read_yaml_tree(path: Path, chain: tuple[Path, ...] = (),
+                   files: list[Path] | None = None) -> dict[str, Any]:
+    """A YAML mapping merged over the files its `extends` key names, in order.
+
+    Paths in `extends` are relative to the file naming them. Mappings merge key by
+    key; any other value in the extending file replaces the base's. `files` collects
+    every file read, bases first.
+    """
+    if not path.is_file():
+        raise ConfigError(f"file {path} does not exist"
+                          + (f" (extended by {chain[-1]})" if chain else ""))
+    if path.resolve() in chain:
+        raise ConfigError(f"{path} extends itself through {' -> '.join(map(str, chain))}")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of keys, got {type(raw).__name__}")
+    bases = raw.pop("extends", None) or []
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: extends must be a file name or a list of them")
+    merged: dict[str, Any] = {}
+    for base in bases:
+        merged = _merge(merged, read_yaml_tree(path.parent / base, (*chain, path.resolve()),
+                                               files))
+    if files is not None:
+        files.append(path)
+    return _merge(merged, raw)
+
+
+def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def from_dict(cls: type[T], raw: Mapping[str, Any], key: str = "") -> T:
+    """Convert a plain mapping (YAML, a checkpoint's settings) into dataclass `cls`."""
+    node = _convert(raw, cls, key)
+    _validate_tree(node, key)
+    return node
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    """Set `a.b.c=value` in a nested dict; the value is parsed as YAML (so 3, 0.1, null)."""
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise ConfigError(f"override {item!r} must look like key.sub=value")
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
+    node = raw
+    parts = key.split(".")
+    for depth, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def config_to_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def dump_yaml(config: Any) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)
+
+
+def check_positive(value: float, key: str) -> None:
+    if value <= 0:
+        raise ConfigError(f"{key} must be positive, got {value}")
+
+
+def check_non_negative(value: float, key: str) -> None:
+    if value < 0:
+        raise ConfigError(f"{key} must be >= 0, got {value}")
+
+
+def check_fraction(value: float, key: str) -> None:
+    if not 0 <= value <= 1:
+        raise ConfigError(f"{key} must be in [0, 1], got {value}")
+
+
+def check_choice(value: Any, allowed: Collection[Any], key: str) -> None:
+    """The check a `Literal` annotation makes, for a choice whose list lives elsewhere."""
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+
+
+def check_folder_name(value: str, key: str) -> None:
+    if not value or "/" in value or value.startswith("."):
+        raise ConfigError(f"{key} must be a non-empty folder name, got {value!r}")
+
+
+def _validate_tree(node: Any, key: str) -> None:
+    if not dataclasses.is_dataclass(node):
+        return
+    for f in dataclasses.fields(node):
+        _validate_tree(getattr(node, f.name), _join(key, f.name))
+    if hasattr(node, "validate"):
+        node.validate(key)
+
+
+def _convert(value: Any, annotation: Any, key: str) -> Any:
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        inner = [o for o in options if o is not type(None)]
+        errors = []
+        for option in inner:
+            try:
+                return _convert(value, option, key)
+            except ConfigError as err:
+                errors.append(str(err).removeprefix(f"{key} "))
+        raise ConfigError(f"{key} {' or '.join(errors)}")
+    if origin is Literal:
+        check_choice(value, typing.get_args(annotation), key)
+        return value
+    if origin is Annotated:
+        _, choices = typing.get_args(annotation)
+        check_choice(value, choices.values(), key)
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key} must be a list, got {value!r}")
+        (item_type,) = typing.get_args(annotation)
+        return [_convert(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+    if dataclasses.is_dataclass(annotation):
+        return _convert_dataclass(value, annotation, key)
+    return _convert_scalar(value, annotation, key)
+
+
+def _convert_dataclass(value: Any, cls: type, key: str) -> Any:
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{key or 'the configuration'} must be a mapping, got {value!r}")
+    hints = typing.get_type_hints(cls, include_extras=True)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for name in value:
+        if name not in fields:
+            close = difflib.get_close_matches(str(name), fields, n=1)
+            hint = f" (did you mean {_join(key, close[0])}?)" if close else ""
+            raise ConfigError(
+                f"unknown key {_join(key, str(name))}{hint}; "
+                f"accepted keys here: {', '.join(fields)}"
+            )
+    kwargs = {}
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = _convert(value[name], hints[name], _join(key, name))
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{_join(key, name)} is required")
+    return cls(**kwargs)
+
+
+def _convert_scalar(value: Any, annotation: Any, key: str) -> Any:
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key} must be true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key} must be an integer, got {value!r}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported annotation {annotation!r} at {key}")
+
+
+def _join(prefix: str, name: str) -> str:
+    return f"{prefix}.{name}" if prefix else name
