@@ -67,7 +67,7 @@ class SFDAAdapter(ClassifierModule):
         self.sfda = config
         self.total_steps = 1
         self.diagnostics: dict[str, Any] = {}
-        """Written into `metrics.json` beside the test metrics (see `record_class_share`)."""
+        """Written into `metrics.json` beside the test metrics (see `record_epoch_shares`)."""
 
     def configure_optimizers(self) -> Any:
         opt = self.optimizer_config
@@ -105,15 +105,17 @@ class SFDAAdapter(ClassifierModule):
         table = self.trainer.datamodule.train_table
         return torch.as_tensor(table.labels) if table.has_labels else None
 
-    def record_class_share(self, shares: list[float], when: str = "epoch") -> None:
-        """The share of the target train split predicted as each class: at the fit's start
-        (`when="start"`, the source model) or after each epoch. Logged per class as
-        `train/class_share/<class>` with `train/largest_class_share`, and kept for
-        `metrics.json` as `class_share_at_start` and `class_share_per_epoch` (class -> list
-        over epochs)."""
-        if when == "start":
-            self.diagnostics["class_share_at_start"] = dict(zip(self.classes, shares, strict=True))
-            return
+    def record_start_shares(self, probs: Tensor) -> None:
+        """The share of the target train split predicted as each class by the model the fit
+        starts from (the source model; a resumed fit's restored one), as
+        `class_share_at_start` in `metrics.json`."""
+        self.diagnostics["class_share_at_start"] = dict(
+            zip(self.classes, self.shares(probs), strict=True))
+
+    def record_epoch_shares(self, shares: list[float]) -> None:
+        """The share of the target train split predicted as each class after an epoch: logged
+        per class as `train/class_share/<class>` with `train/largest_class_share`, and kept
+        for `metrics.json` as `class_share_per_epoch` (class -> list over the fit's epochs)."""
         per_epoch = self.diagnostics.setdefault(
             "class_share_per_epoch", {name: [] for name in self.classes})
         for name, share in zip(self.classes, shares, strict=True):
@@ -173,7 +175,7 @@ class SHOTAdapter(SFDAAdapter):
         # (or a resumed one's) there is none yet.
         outputs = self.epoch_end_outputs or self.target_outputs()
         if self.epoch_end_outputs is None:
-            self.record_class_share(self.shares(outputs[1]), when="start")
+            self.record_start_shares(outputs[1])
         self.epoch_end_outputs = None
         self.pseudo_labels = shot_centroid_labels(*outputs)
         labels = self.true_labels
@@ -183,7 +185,7 @@ class SHOTAdapter(SFDAAdapter):
 
     def on_train_epoch_end(self) -> None:
         self.epoch_end_outputs = self.target_outputs()
-        self.record_class_share(self.shares(self.epoch_end_outputs[1]))
+        self.record_epoch_shares(self.shares(self.epoch_end_outputs[1]))
 
     def adaptation_loss(self, images: Tensor, indices: Tensor) -> Tensor:
         # SHOT's VisDA setup trains its first epoch on information maximisation alone.
@@ -215,11 +217,12 @@ class NeighbourhoodAdapter(SFDAAdapter):
                     f"sfda.{name} ({getattr(self.sfda, name)}) must be smaller than the number "
                     f"of target train images ({len(self.feature_bank)})"
                 )
-        self.record_class_share(self.shares(self.score_bank), when="start")
+        self.record_start_shares(self.score_bank)
         labels = self.true_labels
-        if labels is not None and "knn_label_agreement" not in self.diagnostics:
+        if labels is not None:
             # Diagnosis only: do the K neighbours the loss starts from share the true label?
-            # Measured on the source model's bank, once (not again on resuming).
+            # Measured on the bank the fit starts from: the source model's (a resumed fit's
+            # restored model's).
             k = self.sfda.k
             agreement = knn_label_agreement(self.feature_bank, labels, k)
             self.diagnostics.update(knn_label_agreement=agreement, knn_label_agreement_k=k)
@@ -227,7 +230,7 @@ class NeighbourhoodAdapter(SFDAAdapter):
 
     def on_train_epoch_end(self) -> None:
         # The score bank holds each image's softmax as of its last step this epoch.
-        self.record_class_share(self.shares(self.score_bank))
+        self.record_epoch_shares(self.shares(self.score_bank))
 
     def adaptation_loss(self, images: Tensor, indices: Tensor) -> Tensor:
         features = self.model.features(images)
@@ -377,7 +380,7 @@ class PublishedTentAdapter(TentAdapter):
     def on_train_epoch_end(self) -> None:
         # The share of each class among the online predictions, each made before its step.
         counts = self.trainer.strategy.reduce(self.stream_predictions, reduce_op="sum")
-        self.record_class_share((counts / counts.sum().clamp(min=1)).tolist())
+        self.record_epoch_shares((counts / counts.sum().clamp(min=1)).tolist())
         if not self.trainer.datamodule.train_table.has_labels:
             return
         correct, seen = self.trainer.strategy.reduce(self.stream_counts, reduce_op="sum")
