@@ -21,13 +21,16 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable, Mapping
+from dataclasses import asdict as config_to_dict
 from dataclasses import dataclass, field
 from functools import reduce
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from clup.config import ExperimentConfig, config_to_dict
 from clup.io import file_sha256
+
+if TYPE_CHECKING:  # the schema checks `slurm.stages` against STAGES, so imports this module
+    from clup.config import ExperimentConfig
 
 SOURCE, STAGE1, STAGE2, STAGE3, ADAPT = "source", "stage1", "stage2", "stage3", "adapt"
 """The stages' names, which are also their folders' names."""

@@ -64,6 +64,7 @@ def test_round_trip_through_yaml(tmp_path: Path, tiny_yaml: Path) -> None:
         ("runtime.accelerator=tpu", "runtime.accelerator must be one of"),
         ("swav.queue_length=10", "swav.queue_length must be 0 or a multiple of swav.batch_size"),
         ("target.path=''", "target.path is required"),
+        ("target.kind=bogus", ": target.kind must be one of ['manifest'"),
         ("swav=3", "swav must be a mapping"),
         ("swav.epochs.x=3", "swav.epochs is not a section"),
         ("novalue", "must look like key.sub=value"),

@@ -17,7 +17,7 @@ from clup.data.kinds import KINDS, DatasetSettings, RawKind, every_domain
 from clup.data.raw import DATASETS
 from clup.data.synthetic import DOMAINS
 from clup.errors import ConfigError
-from clup.models.stems import STEMS
+from clup.models.catalogue import STEMS
 from clup.plan import describe_plan
 from tests.conftest import tiny_experiment
 

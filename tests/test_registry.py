@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import ast
-import dataclasses
 from pathlib import Path
 
 import pytest
 
 import clup
-from clup.config import SlurmStagesConfig, experiment_from_dict
+from clup.config import experiment_from_dict
+from clup.errors import ConfigError
 from clup.registry import (
     GRID_FILES,
     RUN_FILES,
@@ -80,8 +80,13 @@ def test_no_module_but_the_registry_spells_a_stage_folder_or_file() -> None:
     assert not found, "\n".join(found)
 
 
-def test_the_slurm_schema_names_every_stage_and_only_those() -> None:
-    assert [f.name for f in dataclasses.fields(SlurmStagesConfig)] == list(STAGES)
+def test_slurm_stage_entries_take_every_stage_and_only_those(tmp_path: Path) -> None:
+    raw = tiny_experiment(tmp_path)
+    raw["slurm"] = {"stages": {name: {"nodes": 2} for name in STAGES}}
+    assert set(experiment_from_dict(raw).slurm.stages) == set(STAGES)
+    raw["slurm"]["stages"]["stage9"] = {"nodes": 2}
+    with pytest.raises(ConfigError, match="unknown key slurm.stages.stage9"):
+        experiment_from_dict(raw)
 
 
 def test_the_layout_resolves_declared_files_and_shared_folders(tmp_path: Path) -> None:

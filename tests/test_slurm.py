@@ -10,12 +10,12 @@ from typing import Any
 import pytest
 
 from clup.cli import main
-from clup.config import SlurmStagesConfig, load_experiment
+from clup.config import load_experiment
 from clup.errors import ConfigError
 from clup.io import write_json
 from clup.pipeline import fingerprint
-from clup.registry import STAGES, stage_dir
-from clup.slurm.launcher import sbatch_scripts
+from clup.registry import stage_dir
+from clup.slurm.launcher import sbatch_scripts, stage_resources
 from tests.conftest import tiny_experiment, write_experiment
 from tests.fake_raw import make_fake_afe, make_fake_expw
 
@@ -311,8 +311,10 @@ def test_results_of_a_finished_run(experiment: Path, slurm_bin: Path,
     assert (run_dir / "results.json").is_file() and sbatch_calls(slurm_bin) == []
 
 
-def test_stage_overrides_name_every_stage() -> None:
-    assert set(SlurmStagesConfig.__dataclass_fields__) == set(STAGES)
+def test_stage_overrides_apply_to_their_stage_only(tiny_yaml: Path) -> None:
+    config = load_experiment(tiny_yaml, ["slurm.stages.stage2.nodes=3", "slurm.nodes=1"])
+    assert stage_resources(config, "stage2").nodes == 3
+    assert stage_resources(config, "stage3").nodes == 1
 
 
 @pytest.mark.parametrize("time", ["90", "90:30", "12:00:00", "02:00:00", "2-12", "2-12:30",

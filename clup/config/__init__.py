@@ -18,7 +18,7 @@ from clup.config.sfda import SFDA_METHODS, SFDAConfig
 from clup.config.source import HEADS, SourceConfig
 from clup.config.swav import SwAVConfig
 from clup.data.classes import CANONICAL_CLASSES
-from clup.slurm.schema import SlurmConfig, SlurmStageConfig, SlurmStagesConfig
+from clup.slurm.schema import SlurmConfig, SlurmStageConfig
 
 __all__ = [
     "CANONICAL_CLASSES",
@@ -36,7 +36,6 @@ __all__ = [
     "SFDAConfig",
     "SlurmConfig",
     "SlurmStageConfig",
-    "SlurmStagesConfig",
     "SourceConfig",
     "SwAVConfig",
     "WandbConfig",

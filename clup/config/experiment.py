@@ -15,7 +15,7 @@ from typing import Any, Literal
 from clup.config.cluster_labeler import ClusterLabelerConfig
 from clup.config.data import DatasetConfig
 from clup.config.finetune import FinetuneConfig
-from clup.config.loader import check_folder_name, from_dict, load
+from clup.config.loader import check_folder_name, check_keys, from_dict, load
 from clup.config.model import BackboneConfig, PreprocessingConfig
 from clup.config.runtime import RuntimeConfig, WandbConfig
 from clup.config.sfda import SFDA_METHODS, SFDAConfig
@@ -70,6 +70,10 @@ class ExperimentConfig:
                 f"cluster_labeler.num_clusters must be at least the number of classes "
                 f"({len(self.classes)}), got {k}"
             )
+        # Late: the stage registry reads this schema's values, and is the one list of stages.
+        from clup.registry import STAGES
+
+        check_keys(self.slurm.stages, STAGES, "slurm.stages")
 
     @property
     def run_dir(self) -> Path:

@@ -151,7 +151,20 @@ def check_folder_name(value: str, key: str) -> None:
         raise ConfigError(f"{key} must be a non-empty folder name, got {value!r}")
 
 
+def check_keys(mapping: Mapping[str, Any], accepted: Collection[str], key: str) -> None:
+    """Refuse a key of `mapping` (the section at `key`) that is not `accepted`."""
+    for name in mapping:
+        if name not in accepted:
+            close = difflib.get_close_matches(str(name), list(accepted), n=1)
+            hint = f" (did you mean {_join(key, close[0])}?)" if close else ""
+            raise ConfigError(f"unknown key {_join(key, str(name))}{hint}; "
+                              f"accepted keys here: {', '.join(accepted)}")
+
+
 def _validate_tree(node: Any, key: str) -> None:
+    if isinstance(node, dict):
+        for name, item in node.items():
+            _validate_tree(item, _join(key, name))
     if not dataclasses.is_dataclass(node):
         return
     for f in dataclasses.fields(node):
@@ -172,8 +185,12 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
             try:
                 return _convert(value, option, key)
             except ConfigError as err:
-                errors.append(str(err).removeprefix(f"{key} "))
-        raise ConfigError(f"{key} {' or '.join(errors)}")
+                errors.append(str(err))
+        # "x must be an integer or x must be null" reads as "x must be an integer or
+        # null"; a message about a key inside a section keeps its own key.
+        if all(e.startswith(f"{key} ") for e in errors):
+            raise ConfigError(f"{key} " + " or ".join(e.removeprefix(f"{key} ") for e in errors))
+        raise ConfigError(" or ".join(errors))
     if origin is Literal:
         check_choice(value, typing.get_args(annotation), key)
         return value
@@ -181,6 +198,12 @@ def _convert(value: Any, annotation: Any, key: str) -> Any:
         _, choices = typing.get_args(annotation)
         check_choice(value, choices.values(), key)
         return value
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping, got {value!r}")
+        _, item_type = typing.get_args(annotation)
+        return {str(name): _convert(item, item_type, _join(key, str(name)))
+                for name, item in value.items()}
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key} must be a list, got {value!r}")
@@ -196,14 +219,7 @@ def _convert_dataclass(value: Any, cls: type, key: str) -> Any:
         raise ConfigError(f"{key or 'the configuration'} must be a mapping, got {value!r}")
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    for name in value:
-        if name not in fields:
-            close = difflib.get_close_matches(str(name), fields, n=1)
-            hint = f" (did you mean {_join(key, close[0])}?)" if close else ""
-            raise ConfigError(
-                f"unknown key {_join(key, str(name))}{hint}; "
-                f"accepted keys here: {', '.join(fields)}"
-            )
+    check_keys(value, fields, key)
     kwargs = {}
     for name, f in fields.items():
         if name in value:

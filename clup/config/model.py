@@ -7,19 +7,20 @@ from typing import Literal
 
 from clup.config.loader import check_positive
 from clup.errors import ConfigError
-from clup.models.stems import STEMS
+from clup.models.catalogue import BACKBONES, STEMS
 
 
 @dataclass
 class BackboneConfig:
-    """The feature extractor; `small_cnn` exists for the CPU demo and tests.
+    """The feature extractor; `small_cnn` exists for the CPU demo and tests
+    (the names: clup/models/catalogue.py).
 
     `small_images`: a ResNet-18 stem that keeps the resolution (stride 1, no max-pool), of
     the kind `stem`: `small`, a 3x3 convolution, or `reference`, the CluP release's 7x7
-    convolution with padding 2 (altndrr/clup src/models/utils.py:63-64; clup/models/stems.py).
+    convolution with padding 2 (altndrr/clup src/models/utils.py:63-64; clup/models/catalogue.py).
     """
 
-    name: Literal["resnet18", "small_cnn"] = "resnet18"
+    name: Literal[BACKBONES] = "resnet18"
     width: int = 16
     small_images: bool = False
     stem: Literal[tuple(STEMS)] = "small"

@@ -6,10 +6,11 @@ from dataclasses import dataclass
 from typing import Literal
 
 from clup.config.loader import check_non_negative, check_positive
-from clup.preset_table import PRESETS
+from clup.preset_table import PRESETS, TABLE
 
-SFDA_METHODS = ("shot", "nrc", "aad", "tent")
-"""The `method` values that adapt the source model by a baseline (clup/stages/sfda_adapter.py)."""
+SFDA_METHODS = tuple(TABLE)
+"""The `method` values that adapt the source model by a baseline (clup/stages/sfda_adapter.py):
+those with official settings in the preset table, which every baseline has."""
 
 
 @dataclass

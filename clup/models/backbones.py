@@ -7,7 +7,7 @@ from torch import nn
 from torchvision.models import resnet18
 
 from clup.config import BackboneConfig
-from clup.models.stems import STEMS
+from clup.models.catalogue import BACKBONES, RESNET18, SMALL_CNN, STEMS
 
 
 class Backbone(nn.Module):
@@ -23,11 +23,11 @@ class Backbone(nn.Module):
 
 
 def build_backbone(config: BackboneConfig) -> Backbone:
-    if config.name == "resnet18":
+    if config.name == RESNET18:
         return _resnet18(config.small_images, config.stem)
-    if config.name == "small_cnn":
+    if config.name == SMALL_CNN:
         return _small_cnn(config.width)
-    raise ValueError(f"backbone.name must be resnet18 or small_cnn, got {config.name!r}")
+    raise ValueError(f"backbone.name must be one of {BACKBONES}, got {config.name!r}")
 
 
 def _resnet18(small_images: bool, stem: str = "small") -> Backbone:

@@ -50,7 +50,7 @@ def stage_resources(config: ExperimentConfig, name: str) -> SlurmStageConfig:
     if STAGES[name].gpus == "first":
         chosen.update(nodes=1, gpus_per_node=min(config.runtime.stage1_gpus,
                                                  slurm.gpus_per_node))
-    override = getattr(slurm.stages, name)
+    override = slurm.stages.get(name)
     if override is not None:
         chosen.update({key: value for key, value in dataclasses.asdict(override).items()
                        if value is not None and key != "extra"})

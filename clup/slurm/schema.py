@@ -35,18 +35,6 @@ class SlurmStageConfig:
 
 
 @dataclass
-class SlurmStagesConfig:
-    """Per-stage jobs (`slurm.stages.stage2: {nodes: 2}`); a stage not named here takes
-    the `slurm` section's resources, except stage 1 (below)."""
-
-    source: SlurmStageConfig | None = None
-    stage1: SlurmStageConfig | None = None
-    stage2: SlurmStageConfig | None = None
-    stage3: SlurmStageConfig | None = None
-    adapt: SlurmStageConfig | None = None
-
-
-@dataclass
 class SlurmConfig:
     """`clup run --launcher slurm`: one batch job per stage, chained by dependencies.
 
@@ -75,7 +63,9 @@ class SlurmConfig:
     extra: list[str] = field(default_factory=list)
     setup: list[str] = field(default_factory=list)
     python: str | None = None
-    stages: SlurmStagesConfig = field(default_factory=SlurmStagesConfig)
+    stages: dict[str, SlurmStageConfig] = field(default_factory=dict)
+    """Per-stage jobs (`slurm.stages.stage2: {nodes: 2}`), by stage name; a stage not
+    named here takes the section's resources, except stage 1 (above)."""
 
     def validate(self, key: str) -> None:
         _check_resources(self, key)
