@@ -20,12 +20,12 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from clup.config import DatasetConfig, PreprocessingConfig, RuntimeConfig, SwAVConfig
 from clup.data.batch_augment import BatchInput, BatchMultiCrop
 from clup.data.datasets import prepare_dataset, read_dataset
+from clup.data.images import load_image
 from clup.data.kinds import KINDS
 from clup.data.manifest import ImageTable
 from clup.data.transforms import MultiCrop, eval_transform, train_transform
@@ -89,17 +89,6 @@ class ImageDataset(Dataset):
         if seed != self._seed and hasattr(self.transform, "set_random_seed"):
             self.transform.set_random_seed(seed)
             self._seed = seed
-
-
-def load_image(path: Path) -> np.ndarray:
-    """RGB uint8 array; greyscale sources are replicated to three channels."""
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except FileNotFoundError:
-        raise ManifestError(f"image {path} does not exist") from None
-    except (UnidentifiedImageError, OSError) as err:
-        raise ManifestError(f"image {path} cannot be read: {err}") from None
 
 
 def read_selected_pseudo_labels(path: Path, table: ImageTable) -> tuple[np.ndarray, np.ndarray]:

@@ -1,10 +1,11 @@
 """The generic folder layouts: a folder per class, or a plain folder of unlabelled images.
 
 Class folders: `root/<class>/*.jpg`, or `root/train/<class>/...` and
-`root/test/<class>/...` for explicit splits. Folder names are matched to the
-experiment's classes case-insensitively, with the usual synonyms (angry/anger,
-happy/happiness, sad/sadness, surprised/surprise). A folder matching no class
-stops the run: dropping it silently would change the label set.
+`root/test/<class>/...` for explicit splits. Split folders are matched
+case-insensitively (`Train/`, `TEST/`), and so are class folders to the experiment's
+classes, with the usual synonyms (angry/anger, happy/happiness, sad/sadness,
+surprised/surprise). A folder matching no class stops the run: dropping it silently
+would change the label set.
 """
 
 from __future__ import annotations
@@ -13,29 +14,42 @@ from pathlib import Path
 
 import numpy as np
 
+from clup.data.images import IMAGE_SUFFIXES, image_files
 from clup.data.manifest import SPLITS, UNLABELLED, ImageTable, canonical_name
 from clup.errors import ManifestError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"}
-
-
-def image_files(folder: Path) -> list[Path]:
-    """Image files under `folder`, recursively, in a stable order; hidden entries skipped."""
-    return sorted(
-        p for p in folder.rglob("*")
-        if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-    )
+LISTED_SUFFIXES = ", ".join(sorted(IMAGE_SUFFIXES))
+"""The image suffixes, for messages."""
 
 
 def read_class_folders(root: Path, classes: list[str]) -> dict[str, ImageTable]:
     """Every split of a class-folder dataset; without `train/` the whole root is train."""
     if not root.is_dir():
         raise ManifestError(f"class-folder dataset {root} does not exist")
-    if (root / "train").is_dir():
-        return {s: _read_split(root / s, classes) if (root / s).is_dir() else _empty()
-                for s in SPLITS}
-    return {"train": _read_split(root, classes), "test": _empty()}
+    splits = _split_folders(root)
+    if "train" in splits:
+        tables = {s: _read_split(splits[s], classes) if s in splits else _empty()
+                  for s in SPLITS}
+    else:
+        tables = {"train": _read_split(root, classes), "test": _empty()}
+    if not any(len(table) for table in tables.values()):
+        raise ManifestError(f"class-folder dataset {root} holds no image ({LISTED_SUFFIXES}) "
+                            "in its class folders")
+    return tables
+
+
+def _split_folders(root: Path) -> dict[str, Path]:
+    """The split folders of `root` by split, whatever the case of their names."""
+    found: dict[str, Path] = {}
+    for entry in sorted(root.iterdir()):
+        split = entry.name.lower()
+        if split not in SPLITS or not entry.is_dir():
+            continue
+        if split in found:
+            raise ManifestError(f"{root} has two {split} folders, {found[split].name} and "
+                                f"{entry.name}; merge them into one")
+        found[split] = entry
+    return found
 
 
 def read_image_folder(root: Path) -> dict[str, ImageTable]:
@@ -44,7 +58,7 @@ def read_image_folder(root: Path) -> dict[str, ImageTable]:
         raise ManifestError(f"image folder {root} does not exist")
     paths = image_files(root)
     if not paths:
-        raise ManifestError(f"{root} holds no image ({', '.join(sorted(IMAGE_SUFFIXES))})")
+        raise ManifestError(f"image folder {root} holds no image ({LISTED_SUFFIXES})")
     labels = np.full(len(paths), UNLABELLED, dtype=np.int64)
     return {"train": ImageTable(paths, labels), "test": _empty()}
 

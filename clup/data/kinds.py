@@ -33,7 +33,7 @@ from clup.data.digits import (
     write_domain,
 )
 from clup.data.folders import read_class_folders, read_image_folder
-from clup.data.manifest import ImageTable, map_class_ids, read_manifest
+from clup.data.manifest import ImageTable, check_manifest_file, map_class_ids, read_manifest
 from clup.data.prepare import MANIFEST, prepare
 from clup.data.raw import DATASETS, RawDataset
 from clup.data.raw.base import MissingDataset
@@ -148,8 +148,7 @@ class Manifest(ManifestKind):
         return Path(dataset.path)
 
     def check_exists(self, dataset: DatasetSettings, key: str) -> None:
-        if not Path(dataset.path).is_file():
-            raise ManifestError(f"{key}.path: manifest {dataset.path} does not exist")
+        check_manifest_file(Path(dataset.path), key)
 
 
 class FolderKind(DatasetKind):

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clup.data.images import holds_images
 from clup.data.raw.base import resolve_inside, text_lines
 from clup.errors import ManifestError
 
@@ -42,8 +43,7 @@ def read_manifest(
     missing ones are reported together, each with its line.
     """
     path = Path(path)
-    if not path.is_file():
-        raise ManifestError(f"manifest {path} does not exist")
+    check_manifest_file(path)
     class_ids = _class_lookup(classes)
     id_map = map_class_ids(id_names, classes, str(path)) if id_names is not None else None
     rows: dict[str, tuple[list[Path], list[int]]] = {s: ([], []) for s in SPLITS}
@@ -59,21 +59,61 @@ def read_manifest(
         paths, labels = rows[split]
         paths.append(image)
         labels.append(_parse_label(row.get("label"), class_ids, id_map, where))
+    if not any(listed for listed, _ in rows.values()):
+        raise ManifestError(f"manifest {path} lists no images: below its header it needs one "
+                            "row per image")
     if missing:
         shown = "; ".join(missing[:5]) + ("; ..." if len(missing) > 5 else "")
         raise ManifestError(f"{len(missing)} images listed in {path} do not exist: {shown}")
     return {s: ImageTable(p, np.asarray(lab, dtype=np.int64)) for s, (p, lab) in rows.items()}
 
 
+def check_manifest_file(path: Path, key: str | None = None) -> None:
+    """Stop unless `path` is a file, telling a folder from a missing path; `key` names the
+    setting it comes from (`target`)."""
+    prefix = f"{key}.path: " if key else ""
+    if path.is_dir():
+        raise ManifestError(f"{prefix}{path} is a folder, but a manifest is a CSV file "
+                            f"(path,label[,split]){_folder_advice(path)}")
+    if not path.is_file():
+        raise ManifestError(f"{prefix}manifest {path} does not exist")
+
+
+def _folder_advice(folder: Path) -> str:
+    """What the user may have meant by a folder given as a manifest."""
+    tables = sorted(p.name for p in folder.glob("*.csv") if p.is_file())
+    if tables:
+        return f"; it holds {', '.join(tables)}: give that file as the path"
+    if any(p.is_dir() and not p.name.startswith(".") and holds_images(p)
+           for p in folder.iterdir()):
+        return ("; its sub-folders hold images: for a folder per class set `kind: folders`, "
+                "for unlabelled images `kind: images`")
+    if holds_images(folder):
+        return "; it holds images: for unlabelled images set `kind: images`"
+    return ""
+
+
 def _rows(path: Path) -> Iterator[tuple[str, dict[str, str]]]:
-    """`(file:line, row)` per data row; UTF-8 with or without a byte-order mark (Excel)."""
-    reader = csv.DictReader(text_lines(path))
+    """`(file:line, row)` per data row; UTF-8 with or without a byte-order mark (Excel).
+
+    Blank lines are skipped, as `csv.DictReader` does; every other row has as many fields
+    as the header.
+    """
+    reader = csv.reader(text_lines(path))
     try:
-        header = reader.fieldnames or []
+        header = next(reader, [])
         if "path" not in header:
             raise ManifestError(f"{path}:1: header must be path,label[,split], got {header}")
-        for row in reader:
-            yield f"{path}:{reader.line_num}", row
+        for fields in reader:
+            if not fields:
+                continue
+            where = f"{path}:{reader.line_num}"
+            if len(fields) != len(header):
+                raise ManifestError(
+                    f"{where}: the header {','.join(header)} has {len(header)} fields, "
+                    f"this row has {len(fields)}; an unknown value is an empty field, not a "
+                    "missing one")
+            yield where, dict(zip(header, fields, strict=True))
     except csv.Error as err:
         raise ManifestError(f"{path}:{reader.line_num}: not valid CSV ({err})") from None
 

@@ -11,8 +11,9 @@ images are written atomically (temporary name, then rename), so an interrupted
 run leaves only complete images and the next run skips them.
 
 Per face, bad input is skipped and counted (listed in `skipped.csv` with the
-list file and line): a missing image file, an unreadable or truncated image, a
-box with no area or entirely outside its image. A box partly outside its image
+list file and line): a missing image file, an unreadable or truncated image, an
+image over the pixel limit (`CLUP_MAX_IMAGE_PIXELS`, clup/data/images.py), a box
+with no area or entirely outside its image. A box partly outside its image
 is clipped to it and counted. Errors in the list files themselves stop the run
 (see `clup.data.raw.base`).
 """
@@ -31,10 +32,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from tqdm import tqdm
 
 from clup.data.classes import CANONICAL_CLASSES
+from clup.data.images import MISSING, UnreadableImage, decode, open_image
 from clup.data.raw.base import Box, RawDataset, RawFace
 from clup.errors import ClupError, ManifestError
 from clup.io import atomic_path, file_lock, file_sha256, read_json, write_json, write_text
@@ -208,17 +210,16 @@ def prepare_face(face: RawFace, images: Path, size: int) -> str:
         return OK
     assert face.image is not None
     if not face.image.is_file():
-        return "missing image"
+        return MISSING
     # Only reading is guarded: a failed write (disk full) must stop the run, not skip the face.
     try:
-        with Image.open(face.image) as image:
+        with open_image(face.image) as image:
             box, outcome = _check_box(face.box, image.size)
             if box is None or _written(target):
                 return outcome
-            image.load()
-            crop = image.crop(box)
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError):
-        return "unreadable image"
+            crop = decode(image, face.image, box)
+    except UnreadableImage as err:
+        return err.reason
     _save(crop, target, size)
     return outcome
 
@@ -248,8 +249,8 @@ def _check_box(box: Box | None, image_size: tuple[int, int]) -> tuple[Box | None
 
 
 def _save(image: Image.Image, target: Path, size: int) -> None:
-    mode = "L" if image.mode in ("L", "LA", "I;16", "I", "F") else "RGB"
-    image = image.convert(mode).resize((size, size), Image.Resampling.LANCZOS)
+    """Write an 8-bit `L` or `RGB` image (`decode`'s) resized to `size` x `size`."""
+    image = image.resize((size, size), Image.Resampling.LANCZOS)
     target.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(target) as tmp:
         image.save(tmp, format="JPEG", quality=JPEG_QUALITY)

@@ -7,8 +7,8 @@ resizing and writing are `clup.data.prepare`'s job, the same for every dataset.
 Errors in list files stop the run (`ManifestError` naming file and line): a
 malformed line, an unknown split, a label id outside the dataset's id range,
 a path escaping the dataset folder. Problems with single images (missing,
-unreadable, box outside the image) are found while preparing and are
-skipped and counted there.
+unreadable, over the pixel limit, box outside the image) are found while
+preparing and are skipped and counted there.
 """
 
 from __future__ import annotations
