@@ -41,6 +41,7 @@ import numpy as np
 import yaml
 
 from clup.config import ExperimentConfig, load_experiment
+from clup.config.loader import parse_yaml
 from clup.devices import visible_gpus
 from clup.errors import ConfigError
 from clup.io import write_text
@@ -83,7 +84,10 @@ def load_grid(path: Path) -> Grid:
     """Read and check a grid file; every setup must load with every method's settings."""
     if not path.is_file():
         raise ConfigError(f"benchmark grid {path} does not exist")
-    raw = yaml.safe_load(path.read_text()) or {}
+    try:
+        raw = parse_yaml(path.read_text(), str(path)) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must hold a mapping with keys {sorted(GRID_KEYS)}")
     unknown = sorted(set(raw) - GRID_KEYS)
@@ -121,23 +125,28 @@ def plan_runs(grid: Grid) -> list[Run]:
 
 def run_config(grid: Grid, setup: str, method: str, seed: int) -> ExperimentConfig:
     """A setup's experiment with the grid's and the method's settings, named for the grid."""
-    from clup.pipeline import fingerprint
-
     # W&B's console capture off: it costs each stage about 2 s (docs/scale.md).
     settings = {"wandb.console": "off", **grid.overrides, **grid.methods[method], "seed": seed,
                 "name": f"{_slug(setup)}--{_slug(method)}--seed{seed}",
                 "output_root": str(grid.folder), "wandb.group": f"{grid.name}/{setup}"}
     overrides = [f"{key}={json.dumps(value)}" for key, value in settings.items()]
     config = load_experiment(grid.setups[setup], overrides)
-    # Shared folders named after what they depend on: methods that agree on the source
-    # (or SwAV) settings share it, one that changes them gets its own.
+    # Shared folders named after the settings they depend on: methods that agree on the
+    # source (or SwAV) settings share it, one that changes them gets its own. Not after
+    # what the data hold, which is unknown until the grid renders them; a stage in a shared
+    # folder still reruns when they change (its own fingerprint covers them).
     config.source.run_name = config.swav.run_name = config.cluster_labeler.run_name = None
-    config.source.run_name = f"{_slug(setup)}--shared-source-{fingerprint(config, SOURCE)[:8]}"
+    config.source.run_name = f"{_slug(setup)}--shared-source-{_digest(config, SOURCE)}"
     # Stage 1 after the source: its digest covers the source model it labels with.
-    config.cluster_labeler.run_name = (f"{_slug(setup)}--shared-stage1-"
-                                       f"{fingerprint(config, STAGE1)[:8]}")
-    config.swav.run_name = f"{_slug(setup)}--shared-swav-{fingerprint(config, STAGE2)[:8]}"
+    config.cluster_labeler.run_name = f"{_slug(setup)}--shared-stage1-{_digest(config, STAGE1)}"
+    config.swav.run_name = f"{_slug(setup)}--shared-swav-{_digest(config, STAGE2)}"
     return config
+
+
+def _digest(config: ExperimentConfig, name: str) -> str:
+    from clup.pipeline import fingerprint
+
+    return fingerprint(config, name, data=False)[:8]
 
 
 def run_benchmark(path: Path, jobs: int | None = None) -> list[dict[str, Any]]:

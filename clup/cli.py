@@ -11,7 +11,6 @@ from pathlib import Path
 from clup.config import DatasetConfig, ExperimentConfig, dump_yaml
 from clup.data.raw import DATASETS, get_dataset
 from clup.errors import ClupError
-from clup.io import write_text
 from clup.registry import RUN_FILES, SOURCE, STAGES, RunLayout
 
 
@@ -22,8 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     run = commands.add_parser("run", help="run every stage of an experiment")
-    run.add_argument("experiment", type=Path, help="experiment YAML")
-    run.add_argument("overrides", nargs="*", help="key.sub=value settings")
+    run.add_argument("experiment", type=Path, help="experiment YAML file")
+    _add_overrides(run)
     run.add_argument("--dry-run", action="store_true",
                      help="check config, datasets and checkpoints, print the plan, train nothing "
                           "(with --launcher slurm: print the job scripts, submit nothing)")
@@ -56,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "on a machine without GPUs and one with GPUs)")
 
     source = commands.add_parser("train-source", help="train only the source model")
-    source.add_argument("experiment", type=Path, help="experiment YAML")
-    source.add_argument("overrides", nargs="*", help="key.sub=value settings")
+    source.add_argument("experiment", type=Path, help="experiment YAML file")
+    _add_overrides(source)
 
     stage = commands.add_parser(
         "stage", help="run one stage on a run folder (what `clup run` starts per stage)"
@@ -76,6 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_overrides(parser: argparse.ArgumentParser) -> None:
+    # A default keeps argparse from listing the optional overrides as required when the
+    # experiment is missing.
+    parser.add_argument("overrides", nargs="*", default=[], help="key.sub=value settings")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     # Overrides may follow flags (`clup run x.yaml --dry-run a.b=1`), which argparse's
@@ -84,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and (not hasattr(args, "overrides") or any(e.startswith("-") for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if extra:
-        args.overrides += extra
+        args.overrides = [*args.overrides, *extra]
     try:
         return _dispatch(args)
     except ClupError as err:
@@ -99,12 +104,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     from clup.config import load_experiment
 
     if args.command == "stage":
-        config = load_experiment(args.run_dir / RUN_FILES["config"])
-        _limit_threads(config)
-        from clup.pipeline import run_stage
-
-        run_stage(config, args.run_dir, args.name)
-        return 0
+        return _stage(args)
     if args.command == "results":
         return _results(args)
     if args.command == "prepare":
@@ -143,19 +143,41 @@ def _dispatch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stage(args: argparse.Namespace) -> int:
+    from clup.config import load_experiment
+    from clup.pipeline import done_record, run_stage
+    from clup.run_folder import check_config_digest
+
+    config_file = args.run_dir / RUN_FILES["config"]
+    if not config_file.is_file():
+        raise ClupError(f"{args.run_dir} is not a run folder: it has no {RUN_FILES['config']} "
+                        "(clup run writes it)")
+    check_config_digest(config_file)
+    config = load_experiment(config_file)
+    if done_record(config, args.run_dir, args.name) is not None:
+        done = RunLayout(config, args.run_dir).artifact(args.name, "done")
+        print(f"[clup] {STAGES[args.name].title}: done already under these settings ({done}); "
+              "nothing to do. Remove its folder to run it again")
+        return 0
+    _limit_threads(config)
+    run_stage(config, args.run_dir, args.name)
+    return 0
+
+
 def _train_source(config: ExperimentConfig, experiment: Path) -> int:
     from clup.data.datasets import check_exists, prepare_dataset
     from clup.pipeline import run_stage
+    from clup.run_folder import own_run_folder, write_run_config
 
     if config.source.data is None:
         raise ClupError(f"{experiment}: source.data names no dataset to train on")
     config.source.checkpoint = None
     check_exists(config.source.data, "source.data")
-    config.run_dir.mkdir(parents=True, exist_ok=True)
     layout = RunLayout(config, config.run_dir)
-    write_text(layout.file("config"), dump_yaml(config))
-    prepare_dataset(config.source.data, "source.data")
-    record = run_stage(config, config.run_dir, SOURCE)
+    with own_run_folder(layout.file("owner"), dump_yaml(config)):
+        write_run_config(layout.file("config"), dump_yaml(config))
+        prepare_dataset(config.source.data, "source.data")
+        record = run_stage(config, config.run_dir, SOURCE)
     accuracy = record["result"]["source_test_accuracy"]
     print(f"source model: {layout.artifact(SOURCE, 'model')} "
           f"(source test accuracy {'n/a' if accuracy is None else f'{100 * accuracy:.1f}%'})")

@@ -21,16 +21,18 @@ from typing import Any
 from clup import launch
 from clup.config import ExperimentConfig, dump_yaml
 from clup.data.datasets import prepare_dataset, read_dataset
+from clup.data.fingerprint import forget_data_digests
 from clup.devices import cpu_threads, plan_devices, visible_gpus
 from clup.distributed import LAUNCHER_VARIABLE, local_processes
 from clup.errors import StageFailed
-from clup.io import read_json, write_text
+from clup.io import read_json
 from clup.launch import PreloadedProcess
 from clup.pipeline import active_stages, active_upstream, done_record
 from clup.plan import check_cluster_count, check_inputs, datasets_used
 from clup.presets import resolve_sfda
 from clup.registry import CONCURRENT, SOURCE, STAGES, RunLayout
 from clup.results import report_results
+from clup.run_folder import CONFIG_DIGEST_VARIABLE, own_run_folder, write_run_config
 from clup.threads import POOL_VARIABLE
 
 STATUS_EVERY_S = 20.0
@@ -50,22 +52,25 @@ def run_experiment(config: ExperimentConfig, *, thread_pool: Path | None = None,
     """
     check_inputs(config)
     run_dir = config.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     layout = RunLayout(config, run_dir)
-    gpus = visible_gpus(config)
-    env = plan_devices(gpus, cpu_threads(config), config.runtime.stage1_gpus,
-                       thread_pool or layout.file("threads"))
-    if preloads_stages(config, env):
-        launch.warm_up()  # imports while the data are prepared and read
-    for key, dataset in datasets_used(config):
-        prepare_dataset(dataset, key)
-    target = read_dataset(config.require_target(), config.classes, "target")
-    check_cluster_count(config, len(target["train"]))
-    resolve_sfda(config, len(target["train"]))
-    write_text(layout.file("config"), dump_yaml(config))
-    run_stages(config, run_dir, active_stages(config), env, stage_order(config, gpus),
-               quiet, echo, cancel)
-    return report_results(config, run_dir, echo)
+    with own_run_folder(layout.file("owner"), dump_yaml(config), echo):
+        gpus = visible_gpus(config)
+        env = plan_devices(gpus, cpu_threads(config), config.runtime.stage1_gpus,
+                           thread_pool or layout.file("threads"))
+        if preloads_stages(config, env):
+            launch.warm_up()  # imports while the data are prepared and read
+        for key, dataset in datasets_used(config):
+            prepare_dataset(dataset, key)
+        forget_data_digests()  # what a stage's fingerprint covers is read from here on
+        target = read_dataset(config.require_target(), config.classes, "target")
+        check_cluster_count(config, len(target["train"]))
+        resolve_sfda(config, len(target["train"]))
+        digest = write_run_config(layout.file("config"), dump_yaml(config))
+        env = {name: {**stage_env, CONFIG_DIGEST_VARIABLE: digest}
+               for name, stage_env in env.items()}
+        run_stages(config, run_dir, active_stages(config), env, stage_order(config, gpus),
+                   quiet, echo, cancel)
+        return report_results(config, run_dir, echo)
 
 
 def stage_order(config: ExperimentConfig, gpus: list[str]) -> dict[str, tuple[str, ...]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import yaml
 
+from clup.config.loader import parse_yaml
 from clup.errors import ConfigError
 
 DATA_ROOT_ENV = "CLUP_DATA_ROOT"
@@ -34,7 +35,7 @@ def _user_setting(key: str) -> tuple[Path | None, str]:
     if not path.is_file():
         return None, ""
     try:
-        settings = yaml.safe_load(path.read_text()) or {}
+        settings = parse_yaml(path.read_text(), str(path)) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(settings, dict):

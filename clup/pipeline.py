@@ -17,8 +17,10 @@ from pathlib import Path
 from typing import Any
 
 from clup.config import SFDA_METHODS, ExperimentConfig
+from clup.data.datasets import prepare_dataset
+from clup.data.fingerprint import data_digest, forget_data_digests
 from clup.distributed import is_rank_zero, launch_id
-from clup.errors import ConfigError
+from clup.errors import ConfigError, StageFailed
 from clup.io import file_lock, read_json, write_json
 from clup.registry import (
     ADAPT,
@@ -30,6 +32,7 @@ from clup.registry import (
     STAGES,
     RunLayout,
     Stage,
+    setting,
 )
 from clup.threads import sharing_threads
 
@@ -42,12 +45,19 @@ def active_upstream(config: ExperimentConfig, stage: Stage) -> tuple[str, ...]:
     return tuple(u for u in stage.upstream if u in active)
 
 
-def fingerprint(config: ExperimentConfig, name: str) -> str:
+def fingerprint(config: ExperimentConfig, name: str, *, data: bool = True) -> str:
+    """What a stage's result depends on: its settings, what its datasets hold (unless
+    `data` is false: the settings alone, known before any dataset is made), and the
+    fingerprints of its upstream stages."""
     stage = STAGES[name]
-    payload = {
+    payload: dict[str, Any] = {
         "settings": stage.settings(config),
-        "upstream": {u: fingerprint(config, u) for u in active_upstream(config, stage)},
+        "upstream": {u: fingerprint(config, u, data=data)
+                     for u in active_upstream(config, stage)},
     }
+    if data:
+        payload["data"] = {key: data_digest(setting(config, key), config.classes)
+                           for key in stage.data}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -100,7 +110,10 @@ def run_stage(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, A
     stage = STAGES[name]
     for upstream in active_upstream(config, stage):
         if done_record(config, run_dir, upstream) is None:
-            raise RuntimeError(f"{stage.title} needs {STAGES[upstream].title} to finish first")
+            raise StageFailed(
+                f"{stage.title} needs {STAGES[upstream].title} to finish first, under these "
+                f"settings: run the experiment (clup run), or that stage (clup stage "
+                f"{upstream} {run_dir})")
     if not is_rank_zero():
         return _run_other_rank(config, run_dir, name)
     layout = RunLayout(config, run_dir)
@@ -113,19 +126,45 @@ def run_stage(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, A
         if record is not None:
             return record
         check_shared_stages(config, run_dir)
+        # Its fingerprint covers what its datasets hold: make them readable first (`clup run`
+        # has; a stage run alone may be the first to read them).
+        for key in stage.data:
+            if setting(config, key) is not None:
+                prepare_dataset(setting(config, key), key, progress=False)
+        forget_data_digests()
         current = fingerprint(config, name)
         started = layout.artifact(name, "started")
-        if started.is_file() and read_json(started).get("fingerprint") != current:
+        earlier = read_json(started) if started.is_file() else None
+        if earlier is not None and earlier.get("fingerprint") != current:
             _clear_stage_folder(folder)
-        write_json(started, {"fingerprint": current, "launch": launch_id()})
+            earlier = None
+        attempts, earlier_seconds = _earlier_attempts(earlier, folder)
+        write_json(started, {"fingerprint": current, "launch": launch_id(), "since": time.time(),
+                             "attempt": attempts + 1, "earlier_seconds": earlier_seconds})
         begin = time.perf_counter()
         _seed(config)
         with sharing_threads():
             result = stage.run(config, run_dir)
-        record = {"fingerprint": current, "seconds": round(time.perf_counter() - begin, 2),
-                  "result": result}
+        seconds = earlier_seconds + time.perf_counter() - begin
+        record = {"fingerprint": current, "seconds": round(seconds, 2),
+                  "attempts": attempts + 1, "result": result}
         write_json(layout.artifact(name, "done"), record)
     return record
+
+
+def _earlier_attempts(started: dict[str, Any] | None, folder: Path) -> tuple[int, float]:
+    """How many attempts at a stage were stopped before this one, and the time they ran:
+    each from its start to the last file it wrote (a checkpoint, its CSV log; not its
+    `stage.log`, which this attempt's process already writes), the work this attempt
+    resumes from. So a resumed stage's `seconds` counts all of its work, not only the
+    resumed part."""
+    if started is None or "since" not in started:
+        return 0, 0.0
+    skipped = {STAGE_FILES[name] for name in KEPT_ON_RESTART}
+    last_write = max((p.stat().st_mtime for p in folder.rglob("*")
+                      if p.is_file() and p.name not in skipped), default=started["since"])
+    return (int(started.get("attempt", 1)),
+            float(started.get("earlier_seconds", 0.0)) + max(0.0, last_write - started["since"]))
 
 
 def _run_other_rank(config: ExperimentConfig, run_dir: Path, name: str) -> dict[str, Any]:
@@ -136,13 +175,15 @@ def _run_other_rank(config: ExperimentConfig, run_dir: Path, name: str) -> dict[
     the folder may hold it meanwhile), or the stage is done.
     """
     started = RunLayout(config, run_dir).artifact(name, "started")
-    claim = {"fingerprint": fingerprint(config, name), "launch": launch_id()}
     while True:
         record = done_record(config, run_dir, name)
         if record is not None:
             return record
-        if started.is_file() and read_json(started) == claim:
-            break
+        claim = read_json(started) if started.is_file() else {}
+        if claim.get("launch") == launch_id():
+            forget_data_digests()  # rank 0 may have just made the data readable
+            if claim.get("fingerprint") == fingerprint(config, name):
+                break
         time.sleep(RANK_POLL_S)
     _seed(config)
     with sharing_threads():

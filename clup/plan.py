@@ -1,9 +1,9 @@
 """What a run needs and what it will do: the checks made before anything trains.
 
-`check_inputs` runs at the start of every `clup run` so that a missing dataset or
-checkpoint stops it at once, not after hours of source training. `describe_plan`
-is `clup run --dry-run`: it also reads every input (list files, manifests, a few
-images, checkpoints) and prints stages, devices and the output folder.
+`check_inputs` runs at the start of every `clup run` so that a missing dataset, or a
+missing or mismatching checkpoint, stops it at once, not after hours of source training.
+`describe_plan` is `clup run --dry-run`: it also reads every input (list files, manifests,
+a few images, checkpoints) and prints stages, devices and the output folder.
 """
 
 from __future__ import annotations
@@ -35,17 +35,33 @@ def datasets_used(config: ExperimentConfig) -> list[tuple[str, DatasetConfig]]:
 
 def check_inputs(config: ExperimentConfig) -> None:
     """Stop at once when a dataset, checkpoint or weights file the run needs is missing,
-    or when the run would have to overwrite a stage shared with other experiments."""
+    when the source checkpoint does not fit the experiment, or when the run would have to
+    overwrite a stage shared with other experiments."""
     from clup.pipeline import check_shared_stages
 
     check_shared_stages(config, config.run_dir)
     for key, dataset in datasets_used(config):
         check_exists(dataset, key)
     source = config.source
-    if source.checkpoint is not None and not Path(source.checkpoint).is_file():
-        raise CheckpointError(f"source.checkpoint {source.checkpoint} does not exist")
-    if source.checkpoint is None and source.pretrained and not Path(source.pretrained).is_file():
+    if source.checkpoint is not None:
+        check_source_checkpoint(source.checkpoint, config.classes)
+    elif source.pretrained and not Path(source.pretrained).is_file():
         raise CheckpointError(f"source.pretrained {source.pretrained} does not exist")
+
+
+def check_source_checkpoint(checkpoint: str, classes: list[str]) -> str:
+    """Read `source.checkpoint` (never running code from it) and check that it is a clup
+    classifier whose weights fit its own settings and which predicts the experiment's
+    `classes`; return its backbone's name. Late import: torch only for a run naming one."""
+    from clup.models.checkpoint import load_classifier
+
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(f"source.checkpoint {checkpoint} does not exist")
+    loaded = load_classifier(checkpoint)
+    if loaded.classes != list(classes):
+        raise CheckpointError(f"source.checkpoint {checkpoint} has the classes "
+                              f"{loaded.classes}, the experiment {classes}")
+    return loaded.backbone.name
 
 
 def check_cluster_count(config: ExperimentConfig, train_images: int) -> None:
@@ -106,15 +122,12 @@ def _describe_sfda(config: ExperimentConfig) -> str:
 
 def _describe_source(config: ExperimentConfig) -> str:
     from clup.models.backbones import build_backbone
-    from clup.models.checkpoint import load_classifier, load_pretrained
+    from clup.models.checkpoint import load_pretrained
 
     source = config.source
     if source.checkpoint is not None:
-        loaded = load_classifier(source.checkpoint)
-        if loaded.classes != list(config.classes):
-            raise CheckpointError(f"source.checkpoint {source.checkpoint} has the classes "
-                                  f"{loaded.classes}, the experiment {config.classes}")
-        return f"checkpoint {source.checkpoint} ({loaded.backbone.name}, classes match)"
+        backbone = check_source_checkpoint(source.checkpoint, config.classes)
+        return f"checkpoint {source.checkpoint} ({backbone}, classes match)"
     start = "from scratch"
     if source.pretrained:
         load_pretrained(build_backbone(source.backbone), source.pretrained,

@@ -37,7 +37,7 @@ SOURCE, STAGE1, STAGE2, STAGE3, ADAPT = "source", "stage1", "stage2", "stage3", 
 
 STAGE_FILES = {
     "done": "done.json",        # the completion record: fingerprint, seconds, result
-    "started": "started.json",  # the fingerprint it started under, and the launch
+    "started": "started.json",  # the fingerprint it started under, the launch, the time
     "log": "stage.log",         # its output, when it does not print to the terminal
     "lock": ".lock",            # held while it runs
     "checkpoint_dir": "checkpoints",
@@ -55,6 +55,7 @@ RUN_FILES = {
     "results": "results.json",  # collected by `clup.results` once the stages are done
     "threads": ".threads",      # the CPU thread pool of the stages running at once
     "jobs": "jobs.json",        # the SLURM jobs of the last submission
+    "owner": ".owner.lock",     # held by the run using the folder (clup/run_folder.py)
 }
 """Files of a run folder itself."""
 
@@ -84,6 +85,9 @@ class Stage:
     """The config key that names a folder experiments may share for this stage."""
     adapted_model: bool = False
     """Whether its `model`/`metrics` are an experiment's adapted model."""
+    data: tuple[str, ...] = ()
+    """The config keys of the datasets it reads: its fingerprint covers what they hold
+    (clup/data/fingerprint.py), not only their settings."""
 
     @property
     def concurrent(self) -> bool:
@@ -146,25 +150,27 @@ STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
         Stage(SOURCE, "source model", "source", (), _source_settings,
-              "clup.stages.source_classifier:run", MODEL, shared_run="source.run_name"),
+              "clup.stages.source_classifier:run", MODEL, shared_run="source.run_name",
+              data=("source.data",)),
         Stage(STAGE1, "stage 1, ClusterLabeler", "cluster_labeler", (SOURCE,),
               _stage1_settings, "clup.stages.cluster_labeler:run",
               {"pseudo_labels": "pseudo_labels.csv", "summary": "summary.json",
                "source_on_target": "source_on_target.json", "plot": "pseudo_labels.png",
                "feature_cache": "features"},
-              SOURCE_MODEL, gpus="first", shared_run="cluster_labeler.run_name"),
+              SOURCE_MODEL, gpus="first", shared_run="cluster_labeler.run_name",
+              data=("target",)),
         Stage(STAGE2, "stage 2, SwAVPretrainer", "swav", (), _stage2_settings,
               "clup.stages.swav_pretrainer:run",
               {"backbone": "backbone.ckpt", "metrics": "metrics.json"},
-              gpus="rest", shared_run="swav.run_name"),
+              gpus="rest", shared_run="swav.run_name", data=("target",)),
         Stage(STAGE3, "stage 3, PseudoLabelFinetuner", "finetune", (STAGE1, STAGE2),
               _stage3_settings, "clup.stages.pseudo_label_finetuner:run", MODEL,
               {"pseudo_labels": (STAGE1, "pseudo_labels"), "backbone": (STAGE2, "backbone"),
                **SOURCE_MODEL},
-              adapted_model=True),
+              adapted_model=True, data=("target",)),
         Stage(ADAPT, "source-free baseline", "sfda", (SOURCE,), _adapt_settings,
               "clup.stages.sfda_adapter:run", MODEL, SOURCE_MODEL, gpus="rest",
-              adapted_model=True),
+              adapted_model=True, data=("target",)),
     )
 }
 CONCURRENT = tuple(name for name, stage in STAGES.items() if stage.concurrent)
@@ -185,7 +191,7 @@ class RunLayout:
     def shared_run(self, name: str) -> str | None:
         """The shared run folder a stage lives in, if the experiment names one."""
         key = STAGES[name].shared_run
-        return None if key is None else reduce(getattr, key.split("."), self.config)
+        return None if key is None else setting(self.config, key)
 
     def stage_dir(self, name: str) -> Path:
         """A stage's folder: in the experiment's run folder, or in a shared one."""
@@ -238,6 +244,11 @@ def stage_file(folder: Path, artifact: str, stage: Stage | None = None) -> Path:
         known = sorted({*STAGE_FILES, *(stage.outputs if stage is not None else {})})
         raise KeyError(f"{owner} no file {artifact!r}; known: {known}")
     return folder / relative
+
+
+def setting(config: ExperimentConfig, key: str) -> Any:
+    """The value of a dotted config key (`source.run_name`)."""
+    return reduce(getattr, key.split("."), config)
 
 
 def stage_dir(config: ExperimentConfig, run_dir: Path, name: str) -> Path:

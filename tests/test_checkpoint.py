@@ -82,7 +82,7 @@ def test_mismatching_weights_list_keys(tmp_path: Path) -> None:
     data = torch.load(path, weights_only=True)
     data["state_dict"]["extra.weight"] = data["state_dict"].pop("head.weight")
     torch.save(data, path)
-    with pytest.raises(CheckpointError, match=r"missing keys \['head.weight'\].*extra.weight"):
+    with pytest.raises(CheckpointError, match=r"missing keys \[head.weight\].*extra.weight"):
         load_classifier(path)
 
 

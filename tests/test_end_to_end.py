@@ -15,7 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from clup.models.checkpoint import load_classifier
+from clup.config import CANONICAL_CLASSES, BackboneConfig, PreprocessingConfig
+from clup.models.backbones import build_backbone
+from clup.models.checkpoint import Classifier, load_classifier, save_classifier
 from tests.conftest import tiny_experiment, write_experiment
 
 ARTIFACTS = [
@@ -60,6 +62,9 @@ def test_run_writes_every_artifact_and_reuses_finished_stages(tmp_path: Path) ->
     assert results["target_accuracy"] == metrics["accuracy"]
     assert set(results["seconds"]) == {"source", "stage1", "stage2", "stage3"}
     assert load_classifier(run_dir / "stage3/model.ckpt").classes[0] == "Surprise"
+    # The one checkpoint a finished stage keeps is its artifact: no resume or epoch files.
+    assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*.ckpt")) == [
+        "source/model.ckpt", "stage2/backbone.ckpt", "stage3/model.ckpt"]
     for stage in ("source", "stage1", "stage2", "stage3"):
         assert list((run_dir / stage / "wandb").glob("offline-run-*")), stage
         assert (run_dir / stage / "csv" / "metrics.csv").is_file() or stage == "stage1"
@@ -100,7 +105,7 @@ def _check_purity_and_selection(rows: list[dict[str, str]], ratio: float) -> Non
 def test_failing_stage_stops_the_other_and_names_its_log(tmp_path: Path) -> None:
     experiment = tiny_experiment(tmp_path)
     broken = tmp_path / "broken.ckpt"
-    broken.write_bytes(b"not a checkpoint")  # exists, so the run starts; stage 1 cannot load it
+    _nan_classifier(broken)  # it fits the experiment, so the run starts; stage 1 fails on it
     experiment["source"]["checkpoint"] = str(broken)
     experiment["swav"]["epochs"] = 200
     path = write_experiment(tmp_path / "tiny.yaml", experiment)
@@ -110,9 +115,20 @@ def test_failing_stage_stops_the_other_and_names_its_log(tmp_path: Path) -> None
     assert "stage 1, ClusterLabeler failed" in result.stderr
     assert "stage1/stage.log" in result.stderr
     log = (tmp_path / "runs/tiny/stage1/stage.log").read_text()
-    assert "broken.ckpt is not a readable clup checkpoint" in log
+    assert "z must contain only finite values" in log
     assert not (tmp_path / "runs/tiny/stage2/done.json").exists()
     assert time.monotonic() - started < 120
+
+
+def _nan_classifier(path: Path) -> None:
+    """A source model of the tiny experiment's shape and classes whose weights are NaN."""
+    config = BackboneConfig("small_cnn", width=4)
+    model = Classifier(build_backbone(config), len(CANONICAL_CLASSES))
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.fill_(float("nan"))
+    save_classifier(path, model, list(CANONICAL_CLASSES), config,
+                    PreprocessingConfig(image_size=16))
 
 
 def test_more_clusters_than_target_images_stops_before_any_training(tmp_path: Path) -> None:
@@ -148,6 +164,8 @@ def test_run_killed_during_stage2_resumes_from_its_checkpoint(tmp_path: Path) ->
     log = (tmp_path / "runs/tiny/stage2/stage.log").read_text()
     assert "Restoring states from the checkpoint" in log
     assert interrupted_epoch < 40
+    done = json.loads((tmp_path / "runs/tiny/stage2/done.json").read_text())
+    assert done["attempts"] == 2  # and its seconds count the first attempt's epochs too
     assert json.loads((tmp_path / "runs/tiny/results.json").read_text())["target_accuracy"] >= 0
 
 

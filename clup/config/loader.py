@@ -1,7 +1,8 @@
 """Typed YAML: a file (and the files it `extends`) read into a tree of dataclasses.
 
-`load` reads a YAML file, applies `key.sub=value` overrides and converts the result
-against the dataclass annotations, refusing unknown keys, wrong types and values
+`load` reads a YAML file (refusing a key given twice, reading `5e-4` as a number, as
+YAML 1.2 does), applies `key.sub=value` overrides and converts the result against the
+dataclass annotations, refusing unknown keys, wrong types and values
 outside a `Literal` (or a `OneOf`), then calls each node's `validate(key)`, with a message
 that names the dotted key at fault. The `check_*` helpers are for those `validate` methods.
 """
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import types
 import typing
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -21,6 +23,40 @@ import yaml
 from clup.errors import ConfigError
 
 T = TypeVar("T")
+
+MAX_NAME_BYTES = 255
+"""The longest file name, in bytes, that ext4, XFS, Btrfs and most other file systems accept."""
+LISTED_FILES = 5
+"""How many YAML files of a folder given as a YAML file the message names."""
+
+
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the
+    last silently) and reading `5e-4` as a number, as YAML 1.2 does (YAML 1.1 floats need
+    a dot). The stream's `name` is the file (or override) named in its errors."""
+
+    def compose_mapping_node(self, anchor: str | None) -> yaml.MappingNode:
+        # Checked as written, before merge keys (`<<: *base`) bring in keys to override.
+        node = super().compose_mapping_node(anchor)
+        lines: dict[tuple[str, str], int] = {}
+        for key, _ in node.value:
+            if not isinstance(key, yaml.ScalarNode) or key.tag == "tag:yaml.org,2002:merge":
+                continue
+            line = key.start_mark.line + 1
+            if (key.tag, key.value) in lines:
+                raise ConfigError(
+                    f"{self.name}: key {key.value!r} is given on line {lines[key.tag, key.value]} "
+                    f"and again on line {line}, and YAML would keep only the last; keep one of them"
+                )
+            lines[key.tag, key.value] = line
+        return node
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)[eE][-+]?[0-9]+$"),
+    list("-+.0123456789"),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,13 +90,15 @@ def read_yaml_tree(path: Path, chain: tuple[Path, ...] = (),
     key; any other value in the extending file replaces the base's. `files` collects
     every file read, bases first.
     """
-    if not path.is_file():
-        raise ConfigError(f"file {path} does not exist"
-                          + (f" (extended by {chain[-1]})" if chain else ""))
+    extended = f" (extended by {chain[-1]})" if chain else ""
+    if path.is_dir():
+        raise ConfigError(_folder_given(path, extended))
+    if not path.exists():
+        raise ConfigError(f"file {path} does not exist{extended}")
     if path.resolve() in chain:
         raise ConfigError(f"{path} extends itself through {' -> '.join(map(str, chain))}")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = parse_yaml(path.read_text(), str(path)) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path} is not valid YAML: {err}") from err
     if not isinstance(raw, dict):
@@ -77,6 +115,26 @@ def read_yaml_tree(path: Path, chain: tuple[Path, ...] = (),
     if files is not None:
         files.append(path)
     return _merge(merged, raw)
+
+
+def parse_yaml(text: str, name: str) -> Any:
+    """YAML text read with `YamlLoader`; `name` (a file, an override) is named in errors."""
+    loader = YamlLoader(text)
+    loader.name = name
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
+def _folder_given(path: Path, extended: str) -> str:
+    names = sorted(p.name for p in path.iterdir() if p.suffix in (".yaml", ".yml"))
+    if not names:
+        return f"{path} is a folder, not a YAML file, and holds no .yaml file{extended}"
+    listed = ", ".join(names[:LISTED_FILES])
+    more = f" and {len(names) - LISTED_FILES} more" if len(names) > LISTED_FILES else ""
+    return (f"{path} is a folder, not a YAML file{extended}; name one of the YAML files in "
+            f"it: {listed}{more}")
 
 
 def _merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -102,7 +160,7 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
     if not sep or not key:
         raise ConfigError(f"override {item!r} must look like key.sub=value")
     try:
-        value = yaml.safe_load(text)
+        value = parse_yaml(text, f"override {item!r}")
     except yaml.YAMLError as err:
         raise ConfigError(f"override {item!r}: value is not valid YAML: {err}") from err
     node = raw
@@ -149,6 +207,10 @@ def check_choice(value: Any, allowed: Collection[Any], key: str) -> None:
 def check_folder_name(value: str, key: str) -> None:
     if not value or "/" in value or value.startswith("."):
         raise ConfigError(f"{key} must be a non-empty folder name, got {value!r}")
+    size = len(value.encode())
+    if size > MAX_NAME_BYTES:
+        raise ConfigError(f"{key} is {size} bytes long, but a file name may be at most "
+                          f"{MAX_NAME_BYTES} bytes on common file systems; shorten it")
 
 
 def check_keys(mapping: Mapping[str, Any], accepted: Collection[str], key: str) -> None:

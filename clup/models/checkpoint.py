@@ -8,9 +8,11 @@ It names the BatchNorm layers that normalise with each batch's statistics at eva
 
 from __future__ import annotations
 
+import pickle
+import zipfile
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -18,9 +20,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils.parametrizations import weight_norm
 
 from clup.config import HEADS, BackboneConfig, PreprocessingConfig, from_dict
-from clup.errors import CheckpointError
+from clup.errors import CheckpointError, ConfigError
 from clup.io import save_torch
 from clup.models.backbones import Backbone, build_backbone
+
+T = TypeVar("T")
 
 FORMAT = "clup-classifier/1"
 BACKBONE_FORMAT = "clup-backbone/1"
@@ -129,20 +133,32 @@ def save_classifier(
 
 
 def load_classifier(path: str | Path) -> LoadedClassifier:
-    data = _load(path, FORMAT)
-    backbone = from_dict(BackboneConfig, data["backbone"], "backbone")
-    preprocessing = from_dict(PreprocessingConfig, data["preprocessing"], "preprocessing")
+    data = _load(path, FORMAT, ("classes", "backbone", "preprocessing", "state_dict"))
+    classes = data["classes"]
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise CheckpointError(f"{path}: classes must be a list of names, got {classes!r}")
+    backbone = _settings(BackboneConfig, data, "backbone", path)
+    preprocessing = _settings(PreprocessingConfig, data, "preprocessing", path)
     # Checkpoints written before SHOT's head existed have no `head` key: they are linear.
     head = data.get("head", "linear")
     if head not in HEADS:
         raise CheckpointError(f"{path} has an unknown head {head!r}; expected one of {list(HEADS)}")
-    model = Classifier(build_backbone(backbone), len(data["classes"]), head)
+    model = Classifier(build_backbone(backbone), len(classes), head)
     # Checkpoints written before Tent's batch statistics existed have no such list.
     for name in data.get("batch_statistics", []):
         _use_batch_statistics(model, name, path)
-    _load_state(model, data["state_dict"], path)
-    return LoadedClassifier(model, list(data["classes"]), backbone, preprocessing,
-                            dict(data["metadata"]))
+    described = f"{len(classes)} classes, a {head} head, backbone {data['backbone']}"
+    _load_state(model, data["state_dict"], path, described)
+    return LoadedClassifier(model, list(classes), backbone, preprocessing,
+                            dict(data.get("metadata", {})))
+
+
+def _settings(cls: type[T], data: dict[str, Any], key: str, path: str | Path) -> T:
+    """The `key` settings of a checkpoint, as the dataclass `cls`."""
+    try:
+        return from_dict(cls, data[key], key)
+    except ConfigError as err:
+        raise CheckpointError(f"{path}: {err}") from err
 
 
 def _use_batch_statistics(model: Classifier, name: str, path: str | Path) -> None:
@@ -168,38 +184,78 @@ def save_backbone(path: str | Path, backbone: Backbone, config: BackboneConfig) 
 
 
 def load_backbone(path: str | Path, expected: BackboneConfig) -> Backbone:
-    data = _load(path, BACKBONE_FORMAT)
-    stored = from_dict(BackboneConfig, data["backbone"], "backbone")
+    data = _load(path, BACKBONE_FORMAT, ("backbone", "state_dict"))
+    stored = _settings(BackboneConfig, data, "backbone", path)
     if stored != expected:
         raise CheckpointError(
             f"{path} holds a {stored} backbone but the experiment asks for {expected}"
         )
     backbone = build_backbone(stored)
-    _load_state(backbone, data["state_dict"], path)
+    _load_state(backbone, data["state_dict"], path, f"backbone {data['backbone']}")
     return backbone
 
 
-def _load(path: str | Path, expected_format: str) -> dict[str, Any]:
+def _load(path: str | Path, expected_format: str, keys: tuple[str, ...]) -> dict[str, Any]:
+    """The checkpoint at `path`, checked to be of `expected_format` and to hold `keys`."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-        raise CheckpointError(f"{path} is not a readable clup checkpoint: {err}") from err
+    data = _torch_load(path, f"{path} is not a readable clup checkpoint")
     if not isinstance(data, dict) or data.get("format") != expected_format:
         found = data.get("format") if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{path} is not a {expected_format} checkpoint (found {found!r})")
+    for key in keys:
+        if key not in data:
+            raise CheckpointError(f"{path} lacks the key {key!r} that every {expected_format} "
+                                  "checkpoint holds")
     return data
 
 
-def _load_state(module: nn.Module, state: dict[str, torch.Tensor], path: str | Path) -> None:
-    result = module.load_state_dict(state, strict=False)
-    if result.missing_keys or result.unexpected_keys:
+def _torch_load(path: Path, refusal: str) -> Any:
+    """`torch.load` with `weights_only=True`, so that no code in the file runs; a file it
+    cannot read stops with `refusal` and why, in one sentence (torch's own text is long)."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
+        if not zipfile.is_zipfile(path):
+            reason = f"not a file torch.save wrote: {type(err).__name__}"
+        elif isinstance(err, pickle.UnpicklingError):
+            reason = "it holds Python objects besides tensors, which clup never unpickles"
+        else:
+            reason = f"torch.load failed with {type(err).__name__}"
+        raise CheckpointError(f"{refusal} ({reason})") from err
+
+
+def _load_state(module: nn.Module, state: Any, path: str | Path, described: str) -> None:
+    """Load `state` into `module`, built from the checkpoint's settings (`described`)."""
+    if not _is_state_dict(state):
+        raise CheckpointError(f"{path}: state_dict must map names to tensors")
+    expected = module.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    mismatched = _shape_mismatches(state, expected)
+    if missing or unexpected or mismatched:
         raise CheckpointError(
-            f"{path} does not match the model: missing keys {result.missing_keys}, "
-            f"unexpected keys {result.unexpected_keys}"
+            f"{path}: its weights do not fit the model its own settings describe "
+            f"({described}): {_differences(missing, unexpected, mismatched)}"
         )
+    module.load_state_dict(state)
+
+
+def _is_state_dict(data: Any) -> bool:
+    return isinstance(data, dict) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items())
+
+
+def _shape_mismatches(given: dict[str, torch.Tensor], expected: dict[str, torch.Tensor]
+                      ) -> list[str]:
+    return [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
+            for k, v in expected.items() if k in given and given[k].shape != v.shape]
+
+
+def _differences(missing: list[str], unexpected: list[str], mismatched: list[str]) -> str:
+    return (f"missing keys {_few(missing)}, unexpected keys {_few(unexpected)}, "
+            f"shape mismatches (file vs model) {_few(mismatched)}")
 
 
 HEAD_PREFIXES = ("fc.", "head.", "classifier.")
@@ -225,13 +281,11 @@ def load_pretrained(backbone: Backbone, path: str | Path, prefix: str = "") -> l
     if prefix:
         ignored += sorted(k for k in state if not k.startswith(prefix))
     missing = sorted(set(expected) - set(given))
-    mismatched = [f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
-                  for k, v in expected.items() if k in given and given[k].shape != v.shape]
+    mismatched = _shape_mismatches(given, expected)
     if missing or unexpected or mismatched:
         raise CheckpointError(
             f"{path} does not fit the backbone (prefix stripped: {prefix!r}): "
-            f"missing keys {_few(missing)}, unexpected keys {_few(unexpected)}, "
-            f"shape mismatches (file vs model) {_few(mismatched)}"
+            f"{_differences(missing, unexpected, mismatched)}"
         )
     backbone.body.load_state_dict({k: given[k] for k in expected})
     return ignored
@@ -240,16 +294,10 @@ def load_pretrained(backbone: Backbone, path: str | Path, prefix: str = "") -> l
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
         raise CheckpointError(f"pretrained weights {path} do not exist")
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message
-        raise CheckpointError(f"{path} cannot be read as weights (weights_only=True): {err}"
-                              ) from err
+    data = _torch_load(path, f"{path} cannot be read as weights")
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
-    if not isinstance(data, dict) or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in data.items()
-    ):
+    if not _is_state_dict(data):
         raise CheckpointError(f"{path} holds no state dict (a mapping of names to tensors)")
     return data
 

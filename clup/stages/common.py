@@ -235,6 +235,9 @@ def make_trainer(
                    SpeedSettings(runtime), FollowThreadShare()],
         log_every_n_steps=max(1, min(50, steps_per_epoch)),
         default_root_dir=stage_dir,
+        # ResumeCheckpoint keeps the one resume file; Lightning's own callback would leave
+        # an `epoch=*.ckpt` beside every finished stage's artifacts.
+        enable_checkpointing=False,
         num_sanity_val_steps=0,
         enable_model_summary=False,
     )
@@ -270,9 +273,15 @@ def resume_checkpoint(stage_dir: Path) -> str | None:
     A checkpoint is a zip archive whose index comes last: one cut off mid-write (the job
     killed while saving) is not a zip file and is passed over.
     """
-    found = [p for p in [stage_file(stage_dir, "resume"), *stage_dir.glob(REQUEUE_CHECKPOINTS)]
-             if p.is_file() and zipfile.is_zipfile(p)]
-    return str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+    candidates = [p for p in [stage_file(stage_dir, "resume"),
+                              *stage_dir.glob(REQUEUE_CHECKPOINTS)] if p.is_file()]
+    found = [p for p in candidates if zipfile.is_zipfile(p)]
+    chosen = str(max(found, key=lambda p: p.stat().st_mtime)) if found else None
+    for cut in sorted(set(candidates) - set(found)):
+        print(f"[clup] {cut} is cut off (the stage was stopped while saving it): it is "
+              f"ignored, and the stage {'resumes from ' + chosen if chosen else 'starts over'}",
+              flush=True)
+    return chosen
 
 
 def finish_loggers(trainer: L.Trainer) -> None:
