@@ -4,15 +4,17 @@ uninterrupted run ends, trusting no half-written file.
     .venv/bin/python benchmarks/faults.py [--experiment experiments/faults.yaml]
         [--kills 3] [--seed 0] [--output-root DIR] [KEY=VALUE ...]
 
-First one run without faults (the reference), which also gives each stage's duration.
-Then, for every stage of the experiment and `--kills` times: a fresh run is started, the
-stage's process is killed with SIGKILL at a time drawn uniformly over its reference
-duration (from the moment the process appears), and `clup run` is run again until it
-succeeds. The stage folder is read back as the rerun left it: every stage must be done
-under the reference's fingerprint, its declared outputs must all exist, load, and equal
-the reference's: byte for byte for stage 1's tables, tensor for tensor for models (a
-trained stage resumed from its last epoch checkpoint may differ, since the data order of
-the resumed epoch is drawn anew: such cases are counted apart, with the accuracy change).
+First one run without faults (the reference), which also gives how long each stage's
+process lives (imports included). Then, for every stage of the experiment and `--kills`
+times: a fresh run is started, the stage's process is killed with SIGKILL at a time drawn
+uniformly over that span (from the moment the process appears), and `clup run` is run
+again until it succeeds. The run folder is then read back as the rerun left it: every
+stage must be done under the reference's fingerprint, and its declared outputs must all
+exist, load, and equal the reference's: byte for byte for stage 1's tables, tensor for
+tensor for models (a trained stage resumed from its last epoch checkpoint may differ, since
+the data order of the resumed epoch is drawn anew: such cases are counted apart, with the
+accuracy change). Run it from a checkout nobody edits meanwhile: a changed setting default
+changes the fingerprints.
 No temporary file (`*.tmp`, `*.partial`) may be left where a later run could take it.
 
 Prints one line per kill and a summary; exits 1 if any rerun failed or left a wrong file.
@@ -66,10 +68,11 @@ def main(argv: list[str] | None = None) -> int:
 
     reference = _config(args, root / "reference")
     begin = time.perf_counter()
-    _clup_run(args, root / "reference", check=True)
-    print(f"reference run: {time.perf_counter() - begin:.1f} s, in {reference.run_dir}")
-    durations = {n: done_record(reference, reference.run_dir, n)["seconds"]
-                 for n in active_stages(reference)}
+    durations = _reference_run(args, root / "reference", active_stages(reference),
+                               str(reference.run_dir))
+    print(f"reference run: {time.perf_counter() - begin:.1f} s, in {reference.run_dir}; "
+          "each stage's process lived " + ", ".join(f"{n} {s:.1f} s"
+                                                    for n, s in durations.items()))
     outcomes = []
     for name in active_stages(reference):
         for attempt in range(args.kills):
@@ -95,6 +98,24 @@ def _clup_run(args: argparse.Namespace, output_root: Path, check: bool
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
         return 0
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def _reference_run(args: argparse.Namespace, output_root: Path, names: list[str],
+                   run_dir: str) -> dict[str, float]:
+    """Run without faults; return how long each stage's process lived (imports included),
+    the span the kill times are drawn over."""
+    driver = _clup_run(args, output_root, check=False)
+    assert isinstance(driver, subprocess.Popen)
+    seen: dict[str, list[float]] = {}
+    while driver.poll() is None:
+        now = time.monotonic()
+        for name in names:
+            if _stage_process(name, run_dir) is not None:
+                seen.setdefault(name, [now, now])[1] = now
+        time.sleep(0.05)
+    if driver.returncode != 0:
+        raise SystemExit(f"the reference run failed (exit code {driver.returncode})")
+    return {name: last - first for name, (first, last) in seen.items()}
 
 
 def _kill_and_rerun(args: argparse.Namespace, output_root: Path, name: str, delay_s: float,
@@ -131,18 +152,26 @@ def _wait_for_stage_process(driver: subprocess.Popen[bytes], name: str, run_dir:
                             timeout_s: float = 600) -> int | None:
     """The pid of `clup stage NAME RUN_DIR` once it runs; None if the driver ended first."""
     deadline = time.monotonic() + timeout_s
-    wanted = ["stage", name, run_dir]
     while time.monotonic() < deadline and driver.poll() is None:
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit():
-                continue
-            try:
-                argv = (proc / "cmdline").read_bytes().decode().split("\0")
-            except OSError:
-                continue
-            if any(argv[i:i + 3] == wanted for i in range(len(argv))):
-                return int(proc.name)
+        pid = _stage_process(name, run_dir)
+        if pid is not None:
+            return pid
         time.sleep(0.05)
+    return None
+
+
+def _stage_process(name: str, run_dir: str) -> int | None:
+    """The pid of a running `clup stage NAME RUN_DIR`, if any."""
+    wanted = ["stage", name, run_dir]
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().decode().split("\0")
+        except OSError:
+            continue
+        if any(argv[i:i + 3] == wanted for i in range(len(argv))):
+            return int(proc.name)
     return None
 
 
