@@ -140,7 +140,7 @@ def _kill_and_rerun(args: argparse.Namespace, output_root: Path, name: str, dela
             break
     else:
         return Outcome(name, delay_s, killed, reruns, "rerun failed 3 times")
-    verdict = _compare(config, reference, name, killed)
+    verdict = _compare(config, reference)
     if _temporary_files(config.run_dir):
         verdict = f"temporary files left after the rerun: {_temporary_files(config.run_dir)}"
     elif leftovers and verdict == "identical":
@@ -188,8 +188,7 @@ def _temporary_files(run_dir: Path) -> list[str]:
                   for p in run_dir.rglob(pattern))
 
 
-def _compare(config: ExperimentConfig, reference: ExperimentConfig, killed_stage: str,
-             killed: bool) -> str:
+def _compare(config: ExperimentConfig, reference: ExperimentConfig) -> str:
     """Whether every stage is done under the reference's settings with the same outputs."""
     layout, ref_layout = RunLayout(config, config.run_dir), RunLayout(reference,
                                                                        reference.run_dir)
@@ -209,10 +208,16 @@ def _compare(config: ExperimentConfig, reference: ExperimentConfig, killed_stage
                 differs.append(f"{name}/{relative}")
     if not differs:
         return "identical"
-    trained = STAGES[killed_stage].section != "cluster_labeler"
+    # A training stage that resumed (the one killed, or one stopped beside it) draws the
+    # data order of its resumed epoch anew: it and what follows it may differ.
+    resumed = {name for name in active_stages(config)
+               if done_record(config, config.run_dir, name).get("attempts", 1) > 1
+               and STAGES[name].section != "cluster_labeler"}
+    allowed = set().union(*(_downstream(name) for name in resumed))
     change = _accuracy_change(config, reference)
-    if killed and trained and all(d.split("/")[0] in _downstream(killed_stage) for d in differs):
-        return f"resumed, differs ({', '.join(differs)}; final accuracy {change})"
+    if all(d.split("/")[0] in allowed for d in differs):
+        return (f"resumed {', '.join(sorted(resumed))}, differs ({', '.join(differs)}; "
+                f"final accuracy {change})")
     return f"DIFFERS: {', '.join(differs)} (final accuracy {change})"
 
 
