@@ -9,7 +9,7 @@ SOURCES := source-afe source-rafdb
 # Extra `key=value` settings or flags for clup, e.g. make afe-expw ARGS="--dry-run"
 ARGS ?=
 
-.PHONY: help venv test lint demo benchmark-demo clean-demo digits benchmark-digits $(SETUPS) $(SOURCES)
+.PHONY: help venv test lint demo benchmark-demo clean-demo digits benchmark-digits ablation-demo ablation-digits $(SETUPS) $(SOURCES)
 
 help:
 	@echo "make demo          - run the whole CluP pipeline on the embedded synthetic-faces benchmark"
@@ -17,6 +17,7 @@ help:
 	@echo "make benchmark-demo - every method and ablation on the embedded benchmark, 5 seeds"
 	@echo "make digits        - the whole pipeline on real digits shipped in packages, MNIST -> UCI"
 	@echo "make benchmark-digits - every method and ablation on MNIST -> UCI, 5 seeds"
+	@echo "make ablation-demo / ablation-digits - CluP's variants (issue 14), 5 seeds"
 	@echo "make afe-expw      - a paper setup on your datasets (also afe-fer2013, rafdb-expw,"
 	@echo "                     rafdb-fer2013); needs CLUP_DATA_ROOT, see docs/datasets.md"
 	@echo "make source-afe    - train only a source model (also source-rafdb)"
@@ -52,6 +53,12 @@ digits: $(STAMP)
 
 benchmark-digits: $(STAMP)
 	$(BIN)/clup benchmark experiments/benchmark-digits.yaml
+
+ablation-demo: $(STAMP)
+	$(BIN)/clup benchmark experiments/ablation-demo.yaml
+
+ablation-digits: $(STAMP)
+	$(BIN)/clup benchmark experiments/ablation-digits.yaml
 
 $(SETUPS): $(STAMP)
 	$(BIN)/clup run experiments/$@.yaml $(ARGS)

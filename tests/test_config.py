@@ -7,7 +7,7 @@ from clup.errors import ConfigError
 from tests.conftest import tiny_experiment, write_experiment
 
 SHIPPED = sorted(Path(__file__).parents[1].joinpath("experiments").glob("*.yaml"))
-GRIDS = [p for p in SHIPPED if p.stem.startswith("benchmark")]
+GRIDS = [p for p in SHIPPED if p.stem.startswith(("benchmark", "ablation"))]
 EXPERIMENTS = [p for p in SHIPPED if p not in GRIDS]
 
 

@@ -15,18 +15,21 @@ from clup.clustering.pseudo_labels import (
     select_by_threshold,
     select_top_ratio,
 )
+from clup.clustering.scores import check_rule, ranking_scores
 from clup.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class PseudoLabels:
-    """Stage 1's result, one entry per target train image."""
+    """Stage 1's result, one entry per target train image; `score` is what the selection
+    ranked (and thresholded)."""
 
     cluster: np.ndarray
     source_pred: np.ndarray
     source_conf: np.ndarray
     cluster_label: np.ndarray
     purity: np.ndarray
+    score: np.ndarray
     pseudo_label: np.ndarray
     selected: np.ndarray
     inertia: float
@@ -40,7 +43,7 @@ def cluster_pseudo_labels(
     num_clusters: int,
     selection_ratio: float = 0.1,
     labels: Literal["cluster", "instance"] = "cluster",
-    score: Literal["purity", "confidence"] = "purity",
+    score: str = "purity",
     drop_disagreeing: bool = False,
     purity_threshold: float | None = None,
     seed: int = 0,
@@ -52,10 +55,12 @@ def cluster_pseudo_labels(
 ) -> PseudoLabels:
     """Cluster the normalised embeddings [N, D] with k-means, label every image with its
     cluster's majority source prediction (`labels: instance`: its own prediction), score it
-    by its cluster's purity (`score: confidence`: its own softmax maximum), and keep per
-    class the best-scored `selection_ratio` (or every score above `purity_threshold`),
-    optionally only members whose own prediction agrees. `probs` [N, C] are the source
-    model's softmax outputs. Seeded: the same inputs and seed give the same labels."""
+    by the rule `score` names (`clup.clustering.scores.SCORES`; `purity`: its cluster's
+    purity, `confidence`: its own softmax maximum), and keep per class the best-scored
+    `selection_ratio` (or every score above `purity_threshold`), optionally only members
+    whose own prediction agrees. `probs` [N, C] are the source model's softmax outputs.
+    Seeded: the same inputs and seed give the same labels."""
+    check_rule(score)
     num_classes = probs.shape[1]
     if num_clusters > len(embeddings):
         raise ConfigError(
@@ -71,11 +76,13 @@ def cluster_pseudo_labels(
     cluster_label, purity = assign_pseudo_labels(clusters, votes)
     confidence = probs.max(axis=1)
     pseudo = cluster_label if labels == "cluster" else predictions
-    scores = purity if score == "purity" else confidence
+    scores = ranking_scores(score, clusters, probs, cluster_label, purity, pseudo)
     eligible = agreeing_members(predictions, pseudo) if drop_disagreeing else None
     if purity_threshold is None:
         selected = select_top_ratio(pseudo, scores, selection_ratio, num_classes, eligible)
     else:
         selected = select_by_threshold(scores, purity_threshold, eligible)
-    return PseudoLabels(clusters, predictions, confidence, cluster_label, purity, pseudo,
-                        selected, kmeans.inertia, kmeans.backend)
+    return PseudoLabels(cluster=clusters, source_pred=predictions, source_conf=confidence,
+                        cluster_label=cluster_label, purity=purity, score=scores,
+                        pseudo_label=pseudo, selected=selected, inertia=kmeans.inertia,
+                        kmeans_backend=kmeans.backend)

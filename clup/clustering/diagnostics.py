@@ -2,10 +2,11 @@
 
 The paper's mechanism: a cluster's purity should separate correct from wrong
 pseudo-labels better than a sample's own confidence. With target labels
-available (for diagnosis only; no method reads them), stage 1 measures both
-rankings on the same source model: the ROC AUC of each score for "this
-pseudo-label is correct", and the accuracy of the kept subset as the selection
-ratio grows, with the per-class selection the method itself uses.
+available (for diagnosis only; no method reads them), stage 1 measures every
+ranking rule of `clup.clustering.scores.SCORES` on the same source model: the
+ROC AUC of each score for "this pseudo-label is correct", and the accuracy of
+the kept subset as the selection ratio grows, with the per-class selection the
+method itself uses.
 
 The baselines' diagnostics, also for diagnosis only: how often NRC's and AaD's
 neighbours share a sample's true label, and the share of the target each class
@@ -23,6 +24,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from clup.clustering.pseudo_labels import select_top_ratio
+from clup.clustering.scores import SCORES, ranking_scores
 
 CURVE_RATIOS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 
@@ -61,6 +63,26 @@ def pseudo_label_diagnostics(labelings: dict[str, tuple[np.ndarray, np.ndarray]]
             "curve": selection_curve(pseudo, scores, true_labels, num_classes),
         }
     return result
+
+
+def score_diagnostics(clusters: np.ndarray, probs: np.ndarray, cluster_label: np.ndarray,
+                      purity: np.ndarray, true_labels: np.ndarray, num_classes: int
+                      ) -> dict[str, Any]:
+    """Every rule of `SCORES` ranking the labels it ranks in the paper's contrast: `confidence`
+    the instance-level baseline's own predictions, every other rule the cluster labels
+    (`cluster_label`, `purity`: each member's cluster vote). Returns `auc_<rule>` per rule and
+    `diagnostics`, `pseudo_label_diagnostics` keyed `"<cluster|instance> label, <rule>"`."""
+    predictions = probs.argmax(axis=1)
+    labelings, names = {}, {}
+    for rule in SCORES:
+        kind, pseudo = ("instance", predictions) if rule == "confidence" \
+            else ("cluster", cluster_label)
+        names[rule] = f"{kind} label, {rule.replace('_', ' ')}"
+        labelings[names[rule]] = (
+            pseudo, ranking_scores(rule, clusters, probs, cluster_label, purity, pseudo))
+    diagnostics = pseudo_label_diagnostics(labelings, true_labels, num_classes)
+    return {**{f"auc_{rule}": diagnostics[name]["auc"] for rule, name in names.items()},
+            "diagnostics": diagnostics}
 
 
 def plot_diagnostics(diagnostics: dict[str, Any], path: Path, title: str) -> None:

@@ -36,7 +36,8 @@ class ClusterVotes:
     counts: np.ndarray
 
 
-def _int_vector(values: Any, name: str) -> np.ndarray:
+def int_vector(values: Any, name: str) -> np.ndarray:
+    """`values` as a 1-D int64 array, refusing other shapes and non-integers (named `name`)."""
     array = np.asarray(values)
     if array.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array, got shape {array.shape}.")
@@ -45,7 +46,8 @@ def _int_vector(values: Any, name: str) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
-def _score_vector(values: Any, name: str) -> np.ndarray:
+def score_vector(values: Any, name: str) -> np.ndarray:
+    """`values` as a 1-D float64 array, refusing other shapes, non-reals and NaN."""
     array = np.asarray(values)
     if array.ndim != 1:
         raise ValueError(f"{name} must be a 1-D array, got shape {array.shape}.")
@@ -75,14 +77,16 @@ def positive_int(value: Any, name: str) -> int:
     return int(value)
 
 
-def _check_range(array: np.ndarray, name: str, upper: int) -> None:
+def check_range(array: np.ndarray, name: str, upper: int) -> None:
+    """Refuse an `array` with a value outside [0, upper)."""
     if array.size and (array.min() < 0 or array.max() >= upper):
         raise ValueError(
             f"{name} must lie in [0, {upper}), got values in [{array.min()}, {array.max()}]."
         )
 
 
-def _check_same_length(first: np.ndarray, first_name: str, other: np.ndarray, name: str) -> None:
+def check_same_length(first: np.ndarray, first_name: str, other: np.ndarray, name: str) -> None:
+    """Refuse an `other` that has not one entry per entry of `first`."""
     if len(first) != len(other):
         raise ValueError(
             f"{name} must have one entry per entry of {first_name} ({len(first)}), "
@@ -95,11 +99,11 @@ def _vote_inputs(
 ) -> tuple[np.ndarray, np.ndarray, int, int]:
     num_clusters = positive_int(num_clusters, "num_clusters")
     num_classes = positive_int(num_classes, "num_classes")
-    clusters = _int_vector(clusters, "clusters")
-    predictions = _int_vector(predictions, "predictions")
-    _check_same_length(clusters, "clusters", predictions, "predictions")
-    _check_range(clusters, "clusters", num_clusters)
-    _check_range(predictions, "predictions", num_classes)
+    clusters = int_vector(clusters, "clusters")
+    predictions = int_vector(predictions, "predictions")
+    check_same_length(clusters, "clusters", predictions, "predictions")
+    check_range(clusters, "clusters", num_clusters)
+    check_range(predictions, "predictions", num_classes)
     return clusters, predictions, num_clusters, num_classes
 
 
@@ -183,8 +187,8 @@ def assign_pseudo_labels(
     clusters: np.ndarray, votes: ClusterVotes
 ) -> tuple[np.ndarray, np.ndarray]:
     """Give every sample its cluster's majority label and purity: ([N] int64, [N] float64)."""
-    clusters = _int_vector(clusters, "clusters")
-    _check_range(clusters, "clusters", len(votes.label))
+    clusters = int_vector(clusters, "clusters")
+    check_range(clusters, "clusters", len(votes.label))
     return votes.label[clusters], votes.purity[clusters]
 
 
@@ -204,14 +208,14 @@ def select_top_ratio(
     if isinstance(ratio, bool) or not isinstance(ratio, Real) or not 0 < ratio <= 1:
         raise ValueError(f"selection_ratio (ratio) must be a number in (0, 1], got {ratio!r}.")
     num_classes = positive_int(num_classes, "num_classes")
-    pseudo_labels = _int_vector(pseudo_labels, "pseudo_labels")
-    scores = _score_vector(scores, "scores")
-    _check_same_length(pseudo_labels, "pseudo_labels", scores, "scores")
+    pseudo_labels = int_vector(pseudo_labels, "pseudo_labels")
+    scores = score_vector(scores, "scores")
+    check_same_length(pseudo_labels, "pseudo_labels", scores, "scores")
     eligible = _bool_mask(eligible, "eligible", len(pseudo_labels))
 
     index = np.flatnonzero(eligible)
     labels = pseudo_labels[index]
-    _check_range(labels, "pseudo_labels of eligible samples", num_classes)
+    check_range(labels, "pseudo_labels of eligible samples", num_classes)
     # lexsort's last key is the primary one: class, then descending score, then index.
     order = np.lexsort((index, -scores[index], labels))
     sorted_labels = labels[order]
@@ -231,16 +235,16 @@ def select_by_threshold(
     """Keep the eligible samples whose score is at least threshold. Returns a boolean mask [N]."""
     if isinstance(threshold, bool) or not isinstance(threshold, Real) or np.isnan(threshold):
         raise ValueError(f"threshold must be a real number, got {threshold!r}.")
-    scores = _score_vector(scores, "scores")
+    scores = score_vector(scores, "scores")
     eligible = _bool_mask(eligible, "eligible", len(scores))
     return eligible & (scores >= threshold)
 
 
 def agreeing_members(predictions: np.ndarray, pseudo_labels: np.ndarray) -> np.ndarray:
     """Mask of the samples whose own source prediction equals their cluster pseudo-label."""
-    predictions = _int_vector(predictions, "predictions")
-    pseudo_labels = _int_vector(pseudo_labels, "pseudo_labels")
-    _check_same_length(predictions, "predictions", pseudo_labels, "pseudo_labels")
+    predictions = int_vector(predictions, "predictions")
+    pseudo_labels = int_vector(pseudo_labels, "pseudo_labels")
+    check_same_length(predictions, "predictions", pseudo_labels, "pseudo_labels")
     return predictions == pseudo_labels
 
 
@@ -261,10 +265,10 @@ def pseudo_label_summary(
     each None when there is nothing to measure.
     """
     num_classes = positive_int(num_classes, "num_classes")
-    pseudo_labels = _int_vector(pseudo_labels, "pseudo_labels")
+    pseudo_labels = int_vector(pseudo_labels, "pseudo_labels")
     selected = _bool_mask(selected, "selected", len(pseudo_labels))
     chosen = pseudo_labels[selected]
-    _check_range(chosen, "pseudo_labels of selected samples", num_classes)
+    check_range(chosen, "pseudo_labels of selected samples", num_classes)
 
     summary: dict[str, Any] = {
         "num_samples": len(pseudo_labels),
@@ -272,9 +276,9 @@ def pseudo_label_summary(
         "selected_per_class": np.bincount(chosen, minlength=num_classes).tolist(),
     }
     if true_labels is not None:
-        true_labels = _int_vector(true_labels, "true_labels")
-        _check_same_length(pseudo_labels, "pseudo_labels", true_labels, "true_labels")
-        _check_range(true_labels, "true_labels", num_classes)
+        true_labels = int_vector(true_labels, "true_labels")
+        check_same_length(pseudo_labels, "pseudo_labels", true_labels, "true_labels")
+        check_range(true_labels, "true_labels", num_classes)
         summary["pseudo_label_accuracy"] = _accuracy(pseudo_labels, true_labels)
         summary["selected_accuracy"] = _accuracy(chosen, true_labels[selected])
     return summary

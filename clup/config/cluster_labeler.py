@@ -17,6 +17,12 @@ class ClusterLabelerConfig:
     labels each sample by its cluster's majority and ranks it by the cluster's
     purity; instance-level pseudo-labelling (`labels: instance`, `score:
     confidence`) uses each sample's own prediction and softmax confidence.
+    clup's own `score`s (clup/clustering/scores.py, which lists them): `purity_confidence`,
+    purity times the sample's softmax probability of its pseudo-label; `soft_purity`, the
+    cluster members' mean probability of the cluster's label; `soft_purity_confidence`, their
+    product. Under `labels: instance` the pseudo-label is the sample's own prediction, so the
+    sample's factor is its confidence; the cluster's factor still reads the cluster's label.
+    `purity_threshold` thresholds whichever score ranks.
     `kmeans_backend`: `faiss` (on the GPU when faiss has one), `sklearn`, or `auto` (faiss
     when installed); both run Lloyd iterations up to `kmeans_max_iter` with sklearn's
     convergence test, keeping the best of `kmeans_n_init` seeded starts, each from
@@ -29,7 +35,7 @@ class ClusterLabelerConfig:
 
     run_name: str | None = None
     labels: Literal["cluster", "instance"] = "cluster"
-    score: Literal["purity", "confidence"] = "purity"
+    score: str = "purity"
     num_clusters: int = 250
     selection_ratio: float = 0.1
     purity_threshold: float | None = None
@@ -42,11 +48,13 @@ class ClusterLabelerConfig:
     batch_size: int = 256
 
     def validate(self, key: str) -> None:
-        # Late: clup.clustering.kmeans loads numpy, which reading a configuration need not.
+        # Late: clup.clustering loads numpy, which reading a configuration need not.
         from clup.clustering.kmeans import BACKENDS, INITS
+        from clup.clustering.scores import SCORES
 
         if self.run_name is not None:
             check_folder_name(self.run_name, f"{key}.run_name")
+        check_choice(self.score, SCORES, f"{key}.score")
         check_choice(self.kmeans_backend, BACKENDS, f"{key}.kmeans_backend")
         check_choice(self.kmeans_init, INITS, f"{key}.kmeans_init")
         check_positive(self.num_clusters, f"{key}.num_clusters")

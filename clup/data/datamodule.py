@@ -5,7 +5,10 @@ The stage picks what the training loader yields (`train_views`):
 - `unlabelled`: the same images and augmentation, labels not required (-1 where
   unknown; the source-free baselines);
 - `multicrop`: SwAV multi-crop views, no labels (stage 2);
-- `pseudo_labels`: the subset selected by stage 1 with its pseudo-labels (stage 3).
+- `pseudo_labels`: stage 1's pseudo-labelled images (stage 3), as `pseudo_label_rows` says:
+  the `selected` subset, or every image with its `weighted` score as a fourth item; with
+  `unselected_stream`, beside each batch of them a batch of the images stage 1 did not select
+  (`LabelledEpochs`).
 `predict_dataloader` is the train split with evaluation transforms and sample
 indices (stage 1); `test_dataloader` is the test split (evaluation).
 """
@@ -13,13 +16,16 @@ indices (stage 1); `test_dataloader` is the test split (evaluation).
 from __future__ import annotations
 
 import csv
+import math
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from clup.config import DatasetConfig, PreprocessingConfig, RuntimeConfig, SwAVConfig
@@ -36,20 +42,26 @@ TrainViews = Literal["labels", "unlabelled", "unaugmented", "multicrop", "pseudo
 """What a training batch holds: labelled or unlabelled images with the training
 augmentation, unlabelled ones as they are evaluated (`unaugmented`), SwAV's crops, or
 stage 1's selected images with their pseudo-labels."""
+PseudoLabelRows = Literal["selected", "weighted"]
+"""Which rows of stage 1's table stage 3 trains on (`finetune.pseudo_labels`)."""
+LABELLED_STREAM, UNLABELLED_STREAM = "labelled", "unlabelled"
+"""The keys of a stage-3 batch that has an unselected stream beside the pseudo-labelled one."""
 
 
 class ImageDataset(Dataset):
     """Images with labels and their index in the split; transform applied per item.
 
+    With `weights` (one per row of `table`), each item has its weight as a fourth entry.
     Decoded images are kept in memory up to `cache_bytes` (per process: each loader
     worker keeps its own), so later epochs skip decoding.
     """
 
     def __init__(self, table: ImageTable, transform: Callable[..., Any], indices=None,
-                 cache_bytes: int = 0) -> None:
+                 cache_bytes: int = 0, weights: np.ndarray | None = None) -> None:
         self.table = table
         self.transform = transform
         self.indices = np.arange(len(table)) if indices is None else np.asarray(indices)
+        self.weights = weights
         self._seed: int | None = None
         self.cache_bytes = cache_bytes
         self._cache: dict[int, np.ndarray] = {}
@@ -58,7 +70,7 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, item: int) -> tuple[Any, int, int]:
+    def __getitem__(self, item: int) -> tuple[Any, ...]:
         self._seed_augmentation()
         index = int(self.indices[item])
         image = self._decoded(index)
@@ -66,6 +78,8 @@ class ImageDataset(Dataset):
             views = self.transform(image)
         else:
             views = self.transform(image=image)["image"]
+        if self.weights is not None:
+            return views, int(self.table.labels[index]), index, self.weights[index]
         return views, int(self.table.labels[index]), index
 
 
@@ -91,21 +105,54 @@ class ImageDataset(Dataset):
             self._seed = seed
 
 
-def read_selected_pseudo_labels(path: Path, table: ImageTable) -> tuple[np.ndarray, np.ndarray]:
-    """Indices and pseudo-labels of the rows stage 1 selected, checked against `table`."""
-    indices, labels = [], []
+@dataclass(frozen=True)
+class PseudoLabelTable:
+    """Stage 1's table, one entry per row: the row's index in the train split, its
+    pseudo-label, whether stage 1 selected it and its ranking score (None unless read)."""
+
+    indices: np.ndarray
+    labels: np.ndarray
+    selected: np.ndarray
+    scores: np.ndarray | None = None
+
+
+def read_pseudo_labels(path: Path, table: ImageTable, scores: bool = False
+                       ) -> PseudoLabelTable:
+    """Every row of stage 1's table, checked against `table`; its `score` column only when
+    `scores` is asked for (a finite number >= 0; stage 1 writes it in [0, 1])."""
+    indices, labels, selected, values = [], [], [], []
     with path.open(newline="") as handle:
-        for line, row in enumerate(csv.DictReader(handle), start=2):
+        reader = csv.DictReader(handle)
+        if scores and "score" not in (reader.fieldnames or []):
+            raise ManifestError(f"{path} has no score column, which finetune.pseudo_labels: "
+                                "weighted reads; rerun stage 1 to write it")
+        for line, row in enumerate(reader, start=2):
             index = int(row["index"])
             if index >= len(table) or row["path"] != str(table.paths[index]):
                 raise ManifestError(
                     f"{path}:{line}: row does not match the target train split; "
                     "the dataset changed since stage 1 ran"
                 )
-            if row["selected"] == "1":
-                indices.append(index)
-                labels.append(int(row["pseudo_label"]))
-    return np.asarray(indices, dtype=np.int64), np.asarray(labels, dtype=np.int64)
+            indices.append(index)
+            labels.append(int(row["pseudo_label"]))
+            selected.append(row["selected"] == "1")
+            if scores:
+                values.append(_score(row["score"], path, line))
+    return PseudoLabelTable(
+        np.asarray(indices, dtype=np.int64), np.asarray(labels, dtype=np.int64),
+        np.asarray(selected, dtype=bool),
+        np.asarray(values, dtype=np.float32) if scores else None,
+    )
+
+
+def _score(text: str, path: Path, line: int) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):
+        raise ManifestError(f"{path}:{line}: score must be a finite number >= 0, got {text!r}")
+    return value
 
 
 class DomainDataModule(L.LightningDataModule):
@@ -124,6 +171,8 @@ class DomainDataModule(L.LightningDataModule):
         train_views: TrainViews = "labels",
         swav: SwAVConfig | None = None,
         pseudo_labels: Path | None = None,
+        pseudo_label_rows: PseudoLabelRows = "selected",
+        unselected_stream: bool = False,
         color_jitter: float = 0.0,
         augmentation: str = "standard",
         key: str = "target",
@@ -139,6 +188,8 @@ class DomainDataModule(L.LightningDataModule):
         self.train_views = train_views
         self.swav = swav
         self.pseudo_labels = pseudo_labels
+        self.pseudo_label_rows = pseudo_label_rows
+        self.unselected_stream = unselected_stream
         self.color_jitter = color_jitter
         self.augmentation = augmentation
         self.splits: dict[str, ImageTable] = {}
@@ -164,7 +215,7 @@ class DomainDataModule(L.LightningDataModule):
     def test_table(self) -> ImageTable:
         return self.splits["test"]
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | CombinedLoader:
         table = self.train_table
         if self.train_views == "multicrop":
             if self.swav is None:
@@ -174,18 +225,7 @@ class DomainDataModule(L.LightningDataModule):
                                         self.dataset.horizontal_flip))
             dataset = ImageDataset(table, transform, cache_bytes=self._cache_bytes)
         elif self.train_views == "pseudo_labels":
-            if self.pseudo_labels is None:
-                raise ValueError("pseudo_labels views need the stage-1 pseudo-label table")
-            indices, labels = read_selected_pseudo_labels(self.pseudo_labels, table)
-            if not len(indices):
-                raise ManifestError(
-                    f"{self.pseudo_labels} selects no sample: raise "
-                    "cluster_labeler.selection_ratio or lower cluster_labeler.purity_threshold"
-                )
-            relabelled = np.full(len(table), -1, dtype=np.int64)
-            relabelled[indices] = labels
-            dataset = ImageDataset(ImageTable(table.paths, relabelled), self._train_transform(),
-                                   indices, cache_bytes=self._cache_bytes)
+            return self._pseudo_label_loader(table)
         elif self.train_views == "unaugmented":
             dataset = ImageDataset(table, eval_transform(self.preprocessing),
                                    cache_bytes=self._cache_bytes)
@@ -195,6 +235,53 @@ class DomainDataModule(L.LightningDataModule):
                                     "on every train image")
             dataset = ImageDataset(table, self._train_transform(), cache_bytes=self._cache_bytes)
         return self._loader(dataset, self.batch_size, shuffle=True)
+
+    def _pseudo_label_loader(self, table: ImageTable) -> DataLoader | CombinedLoader:
+        """Stage 3's loader: the pseudo-labelled images, and the unselected stream if asked."""
+        if self.pseudo_labels is None:
+            raise ValueError("pseudo_labels views need the stage-1 pseudo-label table")
+        weighted = self.pseudo_label_rows == "weighted"
+        rows = read_pseudo_labels(self.pseudo_labels, table, scores=weighted)
+        chosen = np.ones(len(rows.indices), dtype=bool) if weighted else rows.selected
+        indices = rows.indices[chosen]
+        if not len(indices):
+            raise ManifestError(
+                f"{self.pseudo_labels} selects no sample: raise "
+                "cluster_labeler.selection_ratio or lower cluster_labeler.purity_threshold"
+            )
+        relabelled = np.full(len(table), -1, dtype=np.int64)
+        relabelled[indices] = rows.labels[chosen]
+        weights = None
+        if weighted:
+            weights = np.zeros(len(table), dtype=np.float32)
+            weights[indices] = rows.scores
+        dataset = ImageDataset(ImageTable(table.paths, relabelled), self._train_transform(),
+                               indices, cache_bytes=self._cache_bytes, weights=weights)
+        loader = self._loader(dataset, self.batch_size, shuffle=True)
+        if not self.unselected_stream:
+            return loader
+        # At least as many images as `dataset`, so at least as many batches on every rank,
+        # whether either drops its last partial batch or not.
+        unselected = self._loader(self._unselected_images(table, rows, len(dataset)),
+                                  self.batch_size, shuffle=True)
+        return LabelledEpochs({LABELLED_STREAM: loader, UNLABELLED_STREAM: unselected})
+
+    def _unselected_images(self, table: ImageTable, rows: PseudoLabelTable, length: int
+                           ) -> ImageDataset:
+        """The images stage 1 did not select, labels hidden (-1), with the training
+        augmentation; repeated, each as often, until there are at least `length` items, so
+        that a pass over the pseudo-labelled loader never runs this one dry."""
+        unselected = rows.indices[~rows.selected]
+        if not len(unselected):
+            raise ManifestError(
+                f"{self.pseudo_labels} selects every sample, leaving none for "
+                "finetune.unlabelled_loss; lower cluster_labeler.selection_ratio or set "
+                "finetune.unlabelled_loss: none"
+            )
+        repeats = -(-length // len(unselected))
+        hidden = ImageTable(table.paths, np.full(len(table), -1, dtype=np.int64))
+        return ImageDataset(hidden, self._train_transform(), np.tile(unselected, repeats),
+                            cache_bytes=self._cache_bytes)
 
     def _train_transform(self) -> Any:
         return train_transform(self.preprocessing, self.color_jitter,
@@ -236,6 +323,21 @@ class DomainDataModule(L.LightningDataModule):
             drop_last=shuffle and len(dataset) > batch_size * world,
             **loader_options(self.runtime),
         )
+
+
+class LabelledEpochs(CombinedLoader):
+    """Lightning's CombinedLoader in `min_size` mode, for a first loader and a second one at
+    least as long: an epoch is one pass over the first. Its length is known before it is
+    iterated (Lightning's own needs an iterator first), as `fit_stage` reads it."""
+
+    def __init__(self, loaders: dict[str, DataLoader]) -> None:
+        super().__init__(loaders, "min_size")
+
+    def __len__(self) -> int:
+        try:
+            return super().__len__()
+        except RuntimeError:  # not iterated yet
+            return min(len(loader) for loader in self.flattened)
 
 
 def on_device(batch: Any, multicrop: BatchMultiCrop | None, channels_last: bool) -> Any:

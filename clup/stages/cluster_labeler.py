@@ -2,8 +2,8 @@
 
 The source model embeds and predicts every target train image with evaluation
 transforms; K-means clusters the normalised embeddings (the classifier's input, whatever
-the head); each cluster is labelled by majority vote and scored by its purity; per class
-the purest samples are kept.
+the head); each cluster is labelled by majority vote and scored by its purity (or another
+rule of `clup.clustering.scores`); per class the best-scored samples are kept.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 
 from clup.clustering import PseudoLabels, cluster_pseudo_labels, features
-from clup.clustering.diagnostics import plot_diagnostics, pseudo_label_diagnostics
+from clup.clustering.diagnostics import plot_diagnostics, score_diagnostics
 from clup.clustering.pseudo_labels import normalize_embeddings, pseudo_label_summary
 from clup.config import ClusterLabelerConfig, ExperimentConfig, OptimizerConfig
 from clup.data.datamodule import DomainDataModule
@@ -94,17 +94,19 @@ class ClusterLabeler(L.LightningModule):
 
 
 def pseudo_label_csv(table: ImageTable, labels: PseudoLabels) -> str:
-    """The pseudo-label table; purity is written exactly (shortest round-trip repr)."""
+    """The pseudo-label table; purity and `score` (what the selection ranked, whatever the
+    rule) are written exactly (shortest round-trip repr)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     with_truth = table.has_labels
     header = ["index", "path", "cluster", "source_pred", "source_conf", "pseudo_label",
-              "purity", "selected"]
+              "purity", "selected", "score"]
     writer.writerow(header + (["true_label"] if with_truth else []))
     for i, path in enumerate(table.paths):
         row = [i, str(path), int(labels.cluster[i]), int(labels.source_pred[i]),
                f"{labels.source_conf[i]:.6f}", int(labels.pseudo_label[i]),
-               repr(float(labels.purity[i])), int(labels.selected[i])]
+               repr(float(labels.purity[i])), int(labels.selected[i]),
+               repr(float(labels.score[i]))]
         writer.writerow(row + ([int(table.labels[i])] if with_truth else []))
     return buffer.getvalue()
 
@@ -167,24 +169,18 @@ def _label_and_write(config: ExperimentConfig, labeler: ClusterLabeler, table: I
                    empty_clusters=int(config.cluster_labeler.num_clusters
                                       - len(np.unique(labels.cluster))))
     if table.has_labels:
-        summary.update(_diagnose(labels, table.labels, len(config.classes),
+        summary.update(_diagnose(labels, probs, table.labels, len(config.classes),
                                  paths.output("plot")))
     write_json(paths.output("summary"), summary)
     return summary
 
 
-def _diagnose(labels: PseudoLabels, truth: np.ndarray, num_classes: int, plot: Path
-              ) -> dict[str, Any]:
-    """Purity vs confidence as rankings of correct pseudo-labels; plots them into `plot`."""
-    diagnostics = pseudo_label_diagnostics(
-        {"cluster label, purity": (labels.cluster_label, labels.purity),
-         "instance label, confidence": (labels.source_pred, labels.source_conf)},
-        truth, num_classes,
-    )
-    plot_diagnostics(diagnostics, plot,
+def _diagnose(labels: PseudoLabels, probs: np.ndarray, truth: np.ndarray, num_classes: int,
+              plot: Path) -> dict[str, Any]:
+    """Every ranking rule (purity, confidence, ...) as a ranking of correct pseudo-labels;
+    plots them into `plot`."""
+    result = score_diagnostics(labels.cluster, probs, labels.cluster_label, labels.purity,
+                               truth, num_classes)
+    plot_diagnostics(result["diagnostics"], plot,
                      "Stage 1 pseudo-labels on the target train split")
-    return {
-        "auc_purity": diagnostics["cluster label, purity"]["auc"],
-        "auc_confidence": diagnostics["instance label, confidence"]["auc"],
-        "diagnostics": diagnostics,
-    }
+    return result
