@@ -46,13 +46,16 @@ from clup.devices import visible_gpus
 from clup.errors import ConfigError
 from clup.io import write_text
 from clup.registry import GRID_FILES, RUN_FILES, SOURCE, STAGE1, STAGE2
+from clup.validators import VALIDATORS
 
 GRID_KEYS = {"name", "seeds", "setups", "methods", "overrides", "output_root", "jobs"}
 CPU_JOBS = 2
 """Experiments at once on a machine without GPUs: two kept both cores of the 2-core
 machine busy in `make benchmark-demo` (docs/benchmarks.md, "The embedded benchmark's table")."""
 RESULT_COLUMNS = ["target_accuracy", "source_on_target", "selected_accuracy", "num_selected",
-                  "auc_purity", "auc_confidence", "knn_label_agreement", "largest_class_share"]
+                  "auc_purity", "auc_confidence", "auc_score", "train_accuracy",
+                  *(f"train_{name}" for name in VALIDATORS), "knn_label_agreement",
+                  "largest_class_share"]
 """Copied from each run's `results.json`; the last two only for the baselines that have them."""
 COLUMNS = ["setup", "method", "seed", *RESULT_COLUMNS, "seconds", "run_dir"]
 

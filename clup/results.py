@@ -11,6 +11,7 @@ from clup.config import ExperimentConfig
 from clup.io import read_json, write_json
 from clup.pipeline import active_stages
 from clup.registry import SOURCE, STAGE1, STAGES, RunLayout
+from clup.validators import VALIDATORS
 
 METHOD_TITLES = {"clup": "CluP", "source_only": "source only", "shot": "SHOT", "nrc": "NRC",
                  "aad": "AaD", "tent": "Tent"}
@@ -43,6 +44,8 @@ def collect_results(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         "selected_accuracy": stage1.get("selected_accuracy"),
         "auc_purity": stage1.get("auc_purity"),
         "auc_confidence": stage1.get("auc_confidence"),
+        # Stage 1's ranking rule's own, whichever it is (clup/clustering/scores.py).
+        "auc_score": stage1.get(f"auc_{config.cluster_labeler.score}"),
         "num_selected": stage1["num_selected"],
         "num_target_train": stage1["num_samples"],
         # The adapters' diagnostics (`SFDAAdapter.diagnostics`), with target labels only.
@@ -50,6 +53,11 @@ def collect_results(config: ExperimentConfig, run_dir: Path) -> dict[str, Any]:
         "largest_class_share": _largest_final_share(adapted.get("class_share_per_epoch")),
         "seconds": {},
     }
+    # The adapted model on the target train split (the source model's from stage 1 when
+    # nothing adapted it): label-free measures, and accuracy where the split has labels.
+    train_split = adapted.get("train_split") if last else stage1.get("source_train_split")
+    for key in ("accuracy", *VALIDATORS):
+        results[f"train_{key}"] = (train_split or {}).get(key)
     for name in active_stages(config):
         done = layout.artifact(name, "done")
         if done.is_file():

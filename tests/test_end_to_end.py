@@ -15,9 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from clup.config import CANONICAL_CLASSES, BackboneConfig, PreprocessingConfig
+from clup.config import CANONICAL_CLASSES, BackboneConfig, PreprocessingConfig, load_experiment
+from clup.data.datamodule import DomainDataModule
 from clup.models.backbones import build_backbone
 from clup.models.checkpoint import Classifier, load_classifier, save_classifier
+from clup.validators import VALIDATORS
 from tests.conftest import tiny_experiment, write_experiment
 
 ARTIFACTS = [
@@ -60,6 +62,12 @@ def test_run_writes_every_artifact_and_reuses_finished_stages(tmp_path: Path) ->
         "Surprise", "Fear", "Disgust", "Happiness", "Sadness", "Anger", "Neutral"}
     results = json.loads((run_dir / "results.json").read_text())
     assert results["target_accuracy"] == metrics["accuracy"]
+    _check_train_split(run_dir, metrics["train_split"], results)
+    source_split = summary["source_train_split"]
+    source_preds = [int(r["source_pred"]) for r in rows]
+    truth = [int(r["true_label"]) for r in rows]
+    assert source_split["accuracy"] == pytest.approx(
+        sum(p == t for p, t in zip(source_preds, truth, strict=True)) / 84)
     assert set(results["seconds"]) == {"source", "stage1", "stage2", "stage3"}
     assert load_classifier(run_dir / "stage3/model.ckpt").classes[0] == "Surprise"
     # The one checkpoint a finished stage keeps is its artifact: no resume or epoch files.
@@ -81,6 +89,29 @@ def test_run_writes_every_artifact_and_reuses_finished_stages(tmp_path: Path) ->
     assert changed.stdout.count("done already, reused") == 2
     assert (run_dir / "stage3/done.json").stat().st_mtime_ns != stamps["stage3"]
     assert "max_epochs=3" in (run_dir / "stage2/stage.log").read_text()
+
+
+def _check_train_split(run_dir: Path, measured: dict, results: dict) -> None:
+    """Stage 3's train-split measures are its saved model's on the train images, unaugmented:
+    recomputed here from the checkpoint and the config the run wrote."""
+    loaded = load_classifier(run_dir / "stage3/model.ckpt")
+    config = load_experiment(run_dir / "config.yaml")
+    datamodule = DomainDataModule(config.require_target(), config.classes,
+                                  loaded.preprocessing)
+    datamodule.setup()
+    loaded.model.eval()
+    probs, labels = [], []
+    with torch.no_grad():
+        for images, label, _ in datamodule.predict_dataloader():
+            probs.append(torch.softmax(loaded.model(images)[1], dim=1))
+            labels.append(label)
+    probs_array, truth = torch.cat(probs).numpy(), torch.cat(labels).numpy()
+    assert measured["count"] == len(truth) == 84
+    assert measured["accuracy"] == pytest.approx(float((probs_array.argmax(1) == truth).mean()))
+    for name, validator in VALIDATORS.items():
+        assert measured[name] == pytest.approx(validator(probs_array), abs=1e-5)
+        assert results[f"train_{name}"] == measured[name]
+    assert results["train_accuracy"] == measured["accuracy"]
 
 
 def _check_purity_and_selection(rows: list[dict[str, str]], ratio: float) -> None:

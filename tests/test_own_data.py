@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from clup.config import DatasetConfig
 from clup.data.datasets import read_dataset
 from clup.errors import ManifestError
 from clup.models.checkpoint import load_classifier
+from clup.validators import VALIDATORS
 from tests.conftest import tiny_experiment, write_experiment
 from tests.fake_raw import face_pixels
 
@@ -58,7 +60,12 @@ def test_unlabelled_target_with_own_classes_adapts_end_to_end(
     assert "source model on target test       n/a" in out
     assert "CluP on target test               n/a" in out
     metrics = json.loads((run_dir / "stage3" / "metrics.json").read_text())
+    train_split = metrics.pop("train_split")
     assert metrics == {"accuracy": None, "note": "no labels to evaluate: the test split is empty"}
+    # Without labels the train split still has its label-free measures.
+    assert train_split["accuracy"] is None and train_split["count"] == 60
+    assert set(VALIDATORS) <= set(train_split) and all(
+        math.isfinite(train_split[name]) for name in VALIDATORS)
     assert "(no target accuracy: no labels to evaluate" in out
     rows = list(csv.DictReader((run_dir / "stage1" / "pseudo_labels.csv").open()))
     assert len(rows) == 60 and "true_label" not in rows[0]

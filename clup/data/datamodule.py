@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -193,6 +194,7 @@ class DomainDataModule(L.LightningDataModule):
         self.color_jitter = color_jitter
         self.augmentation = augmentation
         self.splits: dict[str, ImageTable] = {}
+        self._evaluated = "test"
         # SwAV's crops of a training batch, when they are cut on the device.
         batched = train_views == "multicrop" and swav is not None and swav.multicrop == "batched"
         self._multicrop = (BatchMultiCrop(preprocessing, swav, dataset.horizontal_flip)
@@ -304,8 +306,20 @@ class DomainDataModule(L.LightningDataModule):
         return self._loader(dataset, self.eval_batch_size, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
-        dataset = ImageDataset(self.test_table, eval_transform(self.preprocessing))
+        """The split `evaluating` names (the test split unless inside it), unaugmented."""
+        dataset = ImageDataset(self.splits[self._evaluated], eval_transform(self.preprocessing))
         return self._loader(dataset, self.eval_batch_size, shuffle=False)
+
+    @contextmanager
+    def evaluating(self, split: str) -> Iterator[None]:
+        """Within it, `trainer.test` evaluates `split` ("train" or "test")."""
+        if split not in ("train", "test"):
+            raise ValueError(f"no split {split!r}: train or test")
+        earlier, self._evaluated = self._evaluated, split
+        try:
+            yield
+        finally:
+            self._evaluated = earlier
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         training = self.trainer is not None and self.trainer.training

@@ -35,6 +35,7 @@ from clup.stages.common import (
     load_source,
     make_trainer,
 )
+from clup.validators import label_free_measures
 
 
 class ClusterLabeler(L.LightningModule):
@@ -167,12 +168,21 @@ def _label_and_write(config: ExperimentConfig, labeler: ClusterLabeler, table: I
                    kmeans_inertia=labels.inertia, kmeans_backend=labels.kmeans_backend,
                    labelling_seconds=round(seconds, 2),
                    empty_clusters=int(config.cluster_labeler.num_clusters
-                                      - len(np.unique(labels.cluster))))
+                                      - len(np.unique(labels.cluster))),
+                   source_train_split=source_train_split(probs, table))
     if table.has_labels:
         summary.update(_diagnose(labels, probs, table.labels, len(config.classes),
                                  paths.output("plot")))
     write_json(paths.output("summary"), summary)
     return summary
+
+
+def source_train_split(probs: np.ndarray, table: ImageTable) -> dict[str, Any]:
+    """The source model on the target train split, as stage 3 and the baselines measure
+    their adapted models there (`clup.stages.common.evaluate_train_split`)."""
+    accuracy = (float((probs.argmax(axis=1) == table.labels).mean()) if table.has_labels
+                else None)
+    return {"accuracy": accuracy, "count": len(probs), **label_free_measures(probs)}
 
 
 def _diagnose(labels: PseudoLabels, probs: np.ndarray, truth: np.ndarray, num_classes: int,

@@ -32,6 +32,7 @@ from clup.io import write_json
 from clup.models.checkpoint import Classifier, LoadedClassifier, load_classifier, save_classifier
 from clup.registry import REQUEUE_CHECKPOINTS, STAGE_FILES, StagePaths, stage_file
 from clup.speed import FollowThreadShare, SpeedSettings
+from clup.validators import VALIDATORS, label_free_measures
 
 
 def source_checkpoint(config: ExperimentConfig, paths: StagePaths) -> Path:
@@ -97,7 +98,10 @@ class ClassifierModule(L.LightningModule):
         self.classes = classes
         self.optimizer_config = optimizer
         self.test_metrics: dict[str, Any] = {}
-        self._test_outputs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._test_outputs: list[torch.Tensor] = []
+        self._test_probs: list[torch.Tensor] = []
+        self.evaluated_split = "test"
+        """The prefix of the metrics `trainer.test` logs: `test`, or `train_split`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)[1]
@@ -107,21 +111,38 @@ class ClassifierModule(L.LightningModule):
 
     def on_test_epoch_start(self) -> None:
         self._test_outputs = []
+        self._test_probs = []
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         images, labels, indices = batch
-        self._test_outputs.append(torch.stack([self(images).argmax(dim=1), labels, indices]))
+        probs = torch.softmax(self(images).float(), dim=1)
+        self._test_outputs.append(torch.stack([probs.argmax(dim=1), labels, indices]))
+        self._test_probs.append(probs)
 
     def on_test_epoch_end(self) -> None:
-        """Metrics over the whole test split, whichever rank scored which image."""
+        """Metrics over the whole split evaluated (the test split, or the train split for
+        `evaluate_train_split`), whichever rank scored which image: the label-free measures
+        of `clup.validators` always, the classification metrics when every image has a
+        label."""
         local = (torch.cat(self._test_outputs, dim=1) if self._test_outputs
                  else torch.zeros(3, 0, dtype=torch.long, device=self.device))
+        local_probs = (torch.cat(self._test_probs) if self._test_probs
+                       else torch.zeros(0, len(self.classes), device=self.device))
         predictions, labels, indices = gather_rows(self, local.T).T.cpu().numpy()
+        probs = gather_rows(self, local_probs).cpu().numpy()
         # DDP's sampler pads the split with repeats so every rank gets as many images.
         _, first = np.unique(indices, return_index=True)
-        self.test_metrics = classification_metrics(predictions[first], labels[first],
-                                                   self.classes)
-        self.log("test/accuracy", self.test_metrics["accuracy"], rank_zero_only=True)
+        predictions, labels, probs = predictions[first], labels[first], probs[first]
+        if (labels >= 0).all():
+            self.test_metrics = classification_metrics(predictions, labels, self.classes)
+        else:
+            self.test_metrics = {"accuracy": None, "count": int(len(labels))}
+        measures = label_free_measures(probs) if len(probs) else {}
+        self.test_metrics.update(measures)
+        logged = {"accuracy": self.test_metrics["accuracy"], **measures}
+        for name, value in logged.items():
+            if value is not None:
+                self.log(f"{self.evaluated_split}/{name}", value, rank_zero_only=True)
 
     def log_train(self, loss: torch.Tensor, batch_size: int, **extra: float) -> None:
         """Training metrics, averaged over the ranks when several train."""
@@ -313,11 +334,17 @@ def fit_and_evaluate(
     datamodule: DomainDataModule,
     epochs: int,
     backbone: BackboneConfig,
+    *,
+    train_split: bool = False,
 ) -> dict[str, Any]:
     """Train (resuming if interrupted), evaluate on the test split, save the classifier as
-    the stage's `model` and the test metrics as its `metrics`."""
+    the stage's `model` and the test metrics as its `metrics`; with `train_split` (an
+    adapted model) these also hold `train_split`, its measures on the target train split
+    (`evaluate_train_split`)."""
     trainer = fit_stage(config, paths.folder, paths.name, module, datamodule, epochs)
     metrics = evaluate(trainer, module, datamodule)
+    if train_split:
+        metrics["train_split"] = evaluate_train_split(trainer, module, datamodule)
     if trainer.is_global_zero:
         save_classifier(
             paths.output("model"), module.model, module.classes, backbone,
@@ -339,3 +366,17 @@ def evaluate(trainer: L.Trainer, module: ClassifierModule, datamodule: DomainDat
                 "note": "no labels to evaluate: some test images have no label"}
     trainer.test(module, datamodule=datamodule, verbose=False)
     return module.test_metrics
+
+
+def evaluate_train_split(trainer: L.Trainer, module: ClassifierModule,
+                         datamodule: DomainDataModule) -> dict[str, Any]:
+    """The model on the target train split with evaluation transforms: the label-free
+    measures of `clup.validators`, and its accuracy where the split has labels (a
+    diagnostic of this project's benchmarks, which know them; a user's target may not)."""
+    module.evaluated_split = "train_split"
+    try:
+        with datamodule.evaluating("train"):
+            trainer.test(module, datamodule=datamodule, verbose=False)
+    finally:
+        module.evaluated_split = "test"
+    return {key: module.test_metrics.get(key) for key in ("accuracy", "count", *VALIDATORS)}

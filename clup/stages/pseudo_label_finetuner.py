@@ -114,5 +114,5 @@ def run(config: ExperimentConfig, paths: StagePaths) -> dict[str, Any]:
         color_jitter=finetune.color_jitter, augmentation=finetune.augmentation,
     )
     metrics = fit_and_evaluate(config, paths, module, datamodule, finetune.epochs,
-                               backbone_config)
+                               backbone_config, train_split=True)
     return {"target_test_accuracy": metrics["accuracy"]}

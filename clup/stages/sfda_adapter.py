@@ -425,5 +425,6 @@ def run(config: ExperimentConfig, paths: StagePaths) -> dict[str, Any]:
         train_views="unlabelled" if config.sfda.augment else "unaugmented", color_jitter=0.0,
     )
     metrics = fit_and_evaluate(config, paths, module, datamodule,
-                               1 if adapter.one_pass else config.sfda.epochs, source.backbone)
+                               1 if adapter.one_pass else config.sfda.epochs, source.backbone,
+                               train_split=True)
     return {"target_test_accuracy": metrics["accuracy"]}
