@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from pathlib import Path
 
 from clup.config import ExperimentConfig
@@ -12,9 +13,12 @@ from clup.threads import POOL_VARIABLE, THREADS_VARIABLE
 
 
 def plan_devices(gpus: list[str], cpu_threads: int, stage1_gpus: int = 1,
-                 thread_pool: Path | None = None) -> dict[str, dict[str, str]]:
+                 thread_pool: Path | None = None, alone: Collection[str] = ()
+                 ) -> dict[str, dict[str, str]]:
     """Environment per stage: stage 1 takes the first `stage1_gpus` GPUs and stage 2 (or a
-    baseline's adaptation) the others, both at once; the source model and stage 3 take all.
+    baseline's adaptation) the others, both at once; the source model and stage 3 take all,
+    as do the stages in `alone`, which this experiment runs one after the other
+    (`pipeline.running_alone`).
 
     When stage 1 leaves no GPU over, the concurrent stages share its GPUs. Without GPUs,
     given a `thread_pool` every stage may use every thread and those running at once
@@ -28,9 +32,10 @@ def plan_devices(gpus: list[str], cpu_threads: int, stage1_gpus: int = 1,
         return {name: dict(shared) for name in STAGES}
     first = ",".join(gpus[:stage1_gpus])
     share = {"all": ",".join(gpus), "first": first, "rest": ",".join(gpus[stage1_gpus:]) or first}
-    return {name: {"CUDA_VISIBLE_DEVICES": share[stage.gpus],
-                   THREADS_VARIABLE: all_threads if stage.gpus == "all" else threads}
-            for name, stage in STAGES.items()}
+    gpus_of = {name: "all" if name in alone else stage.gpus for name, stage in STAGES.items()}
+    return {name: {"CUDA_VISIBLE_DEVICES": share[gpus_of[name]],
+                   THREADS_VARIABLE: all_threads if gpus_of[name] == "all" else threads}
+            for name in STAGES}
 
 
 def visible_gpus(config: ExperimentConfig) -> list[str]:

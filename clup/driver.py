@@ -27,7 +27,7 @@ from clup.distributed import LAUNCHER_VARIABLE, local_processes
 from clup.errors import StageFailed
 from clup.io import read_json
 from clup.launch import PreloadedProcess
-from clup.pipeline import active_stages, active_upstream, done_record
+from clup.pipeline import active_stages, active_upstream, done_record, running_alone
 from clup.plan import check_cluster_count, check_inputs, datasets_used
 from clup.presets import resolve_sfda
 from clup.registry import CONCURRENT, SOURCE, STAGES, RunLayout
@@ -56,7 +56,7 @@ def run_experiment(config: ExperimentConfig, *, thread_pool: Path | None = None,
     with own_run_folder(layout.file("owner"), dump_yaml(config), echo):
         gpus = visible_gpus(config)
         env = plan_devices(gpus, cpu_threads(config), config.runtime.stage1_gpus,
-                           thread_pool or layout.file("threads"))
+                           thread_pool or layout.file("threads"), running_alone(config))
         if preloads_stages(config, env):
             launch.warm_up()  # imports while the data are prepared and read
         for key, dataset in datasets_used(config):

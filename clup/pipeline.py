@@ -24,6 +24,7 @@ from clup.errors import ConfigError, StageFailed
 from clup.io import file_lock, read_json, write_json
 from clup.registry import (
     ADAPT,
+    CONCURRENT,
     KEPT_ON_RESTART,
     SOURCE,
     STAGE2,
@@ -40,9 +41,17 @@ RANK_POLL_S = 1.0
 
 
 def active_upstream(config: ExperimentConfig, stage: Stage) -> tuple[str, ...]:
-    """Upstream stages that this experiment runs."""
+    """Upstream stages that this experiment runs, those its settings add included."""
     active = active_stages(config)
-    return tuple(u for u in stage.upstream if u in active)
+    return tuple(u for u in (*stage.upstream, *stage.extra_upstream(config)) if u in active)
+
+
+def running_alone(config: ExperimentConfig) -> list[str]:
+    """The concurrent stages that this experiment's settings order one after another (one
+    waits for the other: stage 1 clustering SwAV's features): each gets every GPU."""
+    active = [n for n in active_stages(config) if n in CONCURRENT]
+    waits = {n: set(active_upstream(config, STAGES[n])) & set(active) for n in active}
+    return [n for n in active if waits[n] or any(n in w for w in waits.values())]
 
 
 def fingerprint(config: ExperimentConfig, name: str, *, data: bool = True) -> str:
@@ -83,10 +92,12 @@ def check_shared_stages(config: ExperimentConfig, run_dir: Path) -> None:
 def active_stages(config: ExperimentConfig) -> list[str]:
     """The stages this experiment runs: no source stage when a source checkpoint is given;
     stage 1 always (it also measures the source model on the target); SwAV and stage 3 for
-    CluP (no SwAV when stage 3 starts from another backbone); `adapt` for a baseline."""
-    clup = config.method == "clup"
+    CluP (no SwAV when neither stage 3 starts from it nor stage 1 clusters its features);
+    `adapt` for a baseline."""
+    clup = config.runs_clup
+    swav_used = config.finetune.init == "swav" or config.cluster_labeler.features == "swav"
     skipped = {SOURCE: config.source.checkpoint is not None,
-               STAGE2: not clup or config.finetune.init != "swav",
+               STAGE2: not clup or not swav_used,
                STAGE3: not clup,
                ADAPT: config.method not in SFDA_METHODS}
     return [n for n in STAGES if not skipped.get(n, False)]

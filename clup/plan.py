@@ -77,7 +77,7 @@ def check_cluster_count(config: ExperimentConfig, train_images: int) -> None:
 def describe_plan(config: ExperimentConfig, gpus: list[str], cpu_threads: int) -> str:
     """Read every input and say what `clup run` would do, without training."""
     from clup.devices import plan_devices
-    from clup.pipeline import active_stages, done_record
+    from clup.pipeline import active_stages, done_record, running_alone
 
     check_inputs(config)
     lines = [f"Experiment {config.name}: configuration valid",
@@ -88,16 +88,21 @@ def describe_plan(config: ExperimentConfig, gpus: list[str], cpu_threads: int) -
         lines.append(f"  {config.method} settings  {_describe_sfda(config)}")
     lines += [f"  source model   {_describe_source(config)}", "  stages"]
     layout = RunLayout(config, config.run_dir)
+    alone = running_alone(config)
     env = plan_devices(gpus, cpu_threads, config.runtime.stage1_gpus,
-                       layout.file("threads"))
+                       layout.file("threads"), alone)
     for name in active_stages(config):
         state = ("done, reused" if done_record(config, config.run_dir, name) is not None
                  else "will run")
         where = layout.stage_dir(name)
         lines.append(f"    {STAGES[name].title:<31} {state:<13} {_devices(env[name])}  {where}")
-    lines.append("  (stage 1 and stage 2 run at the same time" + (
-        "; SwAV also beside the source model; the stages running share the CPU threads)"
-        if not gpus else ")"))
+    if alone:
+        lines.append("  (stage 1 clusters SwAV's features: it runs after stage 2"
+                     + (", SwAV beside the source model)" if not gpus else ")"))
+    else:
+        lines.append("  (stage 1 and stage 2 run at the same time" + (
+            "; SwAV also beside the source model; the stages running share the CPU threads)"
+            if not gpus else ")"))
     lines.append("Dry run: nothing was trained.")
     return "\n".join(lines)
 

@@ -88,6 +88,10 @@ class Stage:
     data: tuple[str, ...] = ()
     """The config keys of the datasets it reads: its fingerprint covers what they hold
     (clup/data/fingerprint.py), not only their settings."""
+    extra_upstream: Callable[[ExperimentConfig], tuple[str, ...]] = lambda config: ()
+    """Stages upstream of it under some settings only (stage 1 clustering SwAV's features
+    waits for stage 2): a changed stage order, which the driver, fingerprints and the
+    checks read through `pipeline.active_upstream`."""
 
     @property
     def concurrent(self) -> bool:
@@ -107,13 +111,32 @@ def _source_settings(c: ExperimentConfig) -> dict[str, Any]:
             "pretrained": _file_digest(Path(pretrained)) if pretrained else None}
 
 
+LATER_SWITCHES = {"cluster_labeler": {"features": "source_model"}}
+"""Settings added after runs were made, with the value that reproduces those runs: left out
+of a fingerprint at that value, so finished runs stay finished when a switch is added."""
+
+
+def _section(c: ExperimentConfig, name: str) -> dict[str, Any]:
+    """A config section's settings for a fingerprint, less the `LATER_SWITCHES` left at the
+    value runs had before the switch existed."""
+    values = config_to_dict(getattr(c, name))
+    for key, before in LATER_SWITCHES.get(name, {}).items():
+        if values.get(key) == before:
+            del values[key]
+    return values
+
+
 def _stage1_settings(c: ExperimentConfig) -> dict[str, Any]:
     checkpoint = c.source.checkpoint
     return {
         "classes": c.classes, "seed": c.seed, "target": config_to_dict(c.target),
-        "cluster_labeler": config_to_dict(c.cluster_labeler),
+        "cluster_labeler": _section(c, "cluster_labeler"),
         "source_checkpoint": _file_digest(Path(checkpoint)) if checkpoint else None,
     }
+
+
+def _stage1_upstream(c: ExperimentConfig) -> tuple[str, ...]:
+    return (STAGE2,) if c.cluster_labeler.features == "swav" else ()
 
 
 def _stage2_settings(c: ExperimentConfig) -> dict[str, Any]:
@@ -124,8 +147,20 @@ def _stage2_settings(c: ExperimentConfig) -> dict[str, Any]:
     }
 
 
+SELF_TRAINING_KEYS = ("rounds", "final_selection_ratio")
+"""The `finetune` keys of stage 3's self-training rounds."""
+
+
 def _stage3_settings(c: ExperimentConfig) -> dict[str, Any]:
-    settings: dict[str, Any] = {"finetune": config_to_dict(c.finetune), "seed": c.seed}
+    finetune = config_to_dict(c.finetune)
+    settings: dict[str, Any] = {"finetune": finetune, "seed": c.seed}
+    if c.finetune.rounds == 1:
+        # Not read in one round: runs made before rounds existed keep their fingerprints.
+        for key in SELF_TRAINING_KEYS:
+            del finetune[key]
+    else:
+        # Every later round reclusters with stage 1's settings.
+        settings["cluster_labeler"] = config_to_dict(c.cluster_labeler)
     if c.finetune.init == "scratch":
         settings.update(backbone=config_to_dict(c.backbone),
                         preprocessing=config_to_dict(c.preprocessing))
@@ -146,6 +181,17 @@ def _file_digest(path: Path) -> str:
 MODEL = {"model": "model.ckpt", "metrics": "metrics.json"}
 SOURCE_MODEL = {"source_model": (SOURCE, "model")}
 
+ROUND_FOLDER = "round{number}"
+"""A self-training round's folder in stage 3's (`finetune.rounds` > 1: rounds 1 to N)."""
+ROUND_FILES = {
+    "model": MODEL["model"],               # the round's classifier, once it is trained
+    "pseudo_labels": "pseudo_labels.csv",  # what rounds 2 to N train on, in stage 1's format
+    "summary": "summary.json",             # that table's account, as stage 1's
+    "feature_cache": "features",           # the round's predict pass, until its table exists
+}
+"""Files of a round's folder, besides the `STAGE_FILES` of its training (its resume
+checkpoint, its log)."""
+
 STAGES: dict[str, Stage] = {
     stage.name: stage
     for stage in (
@@ -156,9 +202,10 @@ STAGES: dict[str, Stage] = {
               _stage1_settings, "clup.stages.cluster_labeler:run",
               {"pseudo_labels": "pseudo_labels.csv", "summary": "summary.json",
                "source_on_target": "source_on_target.json", "plot": "pseudo_labels.png",
-               "feature_cache": "features"},
-              SOURCE_MODEL, gpus="first", shared_run="cluster_labeler.run_name",
-              data=("target",)),
+               "feature_cache": "features", "swav_feature_cache": "swav_features"},
+              {**SOURCE_MODEL, "backbone": (STAGE2, "backbone")}, gpus="first",
+              shared_run="cluster_labeler.run_name", data=("target",),
+              extra_upstream=_stage1_upstream),
         Stage(STAGE2, "stage 2, SwAVPretrainer", "swav", (), _stage2_settings,
               "clup.stages.swav_pretrainer:run",
               {"backbone": "backbone.ckpt", "metrics": "metrics.json"},
@@ -244,6 +291,18 @@ def stage_file(folder: Path, artifact: str, stage: Stage | None = None) -> Path:
         known = sorted({*STAGE_FILES, *(stage.outputs if stage is not None else {})})
         raise KeyError(f"{owner} no file {artifact!r}; known: {known}")
     return folder / relative
+
+
+def round_folder(stage_dir: Path, number: int) -> Path:
+    """Self-training round `number`'s folder in the stage folder `stage_dir`."""
+    return stage_dir / ROUND_FOLDER.format(number=number)
+
+
+def round_file(stage_dir: Path, number: int, artifact: str) -> Path:
+    """A file of round `number`'s folder (`ROUND_FILES`) in the stage folder `stage_dir`."""
+    if artifact not in ROUND_FILES:
+        raise KeyError(f"a round's folder has no file {artifact!r}; known: {sorted(ROUND_FILES)}")
+    return round_folder(stage_dir, number) / ROUND_FILES[artifact]
 
 
 def setting(config: ExperimentConfig, key: str) -> Any:

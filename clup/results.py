@@ -13,8 +13,8 @@ from clup.pipeline import active_stages
 from clup.registry import SOURCE, STAGE1, STAGES, RunLayout
 from clup.validators import VALIDATORS
 
-METHOD_TITLES = {"clup": "CluP", "source_only": "source only", "shot": "SHOT", "nrc": "NRC",
-                 "aad": "AaD", "tent": "Tent"}
+METHOD_TITLES = {"clup": "CluP", "clup_plus": "CluP+", "source_only": "source only",
+                 "shot": "SHOT", "nrc": "NRC", "aad": "AaD", "tent": "Tent"}
 
 
 def report_results(config: ExperimentConfig, run_dir: Path,

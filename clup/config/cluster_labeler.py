@@ -29,12 +29,19 @@ class ClusterLabelerConfig:
     `kmeans_init`: `k-means++` (the reference's, scikit-learn's default) or `random` rows.
     Two starts, not the reference's 10: at ExpW's size each costs about 11 s on 2 cores, and
     stage 1 after the features should stay under 30 s there (docs/scale.md, "Scale and speed").
+    `features`: what K-means clusters: `source_model`, the source model's embeddings (CluP); or
+    `swav`, stage 2's SwAV backbone's pooled embeddings of the same images (at stage 2's
+    input size), this project's variant: the clusters come from the target's own
+    self-supervised features, the votes still from the source model's predictions. Stage 1
+    then waits for stage 2 instead of running beside it (`clup.registry`, stage 1's
+    `extra_upstream`); CluP's method only, since only it trains SwAV.
     `run_name`: a run folder (under `output_root`) shared by the experiments whose stage 1
     settings agree (a benchmark names it after their digest). Default: the experiment's own.
     """
 
     run_name: str | None = None
     labels: Literal["cluster", "instance"] = "cluster"
+    features: Literal["source_model", "swav"] = "source_model"
     score: str = "purity"
     num_clusters: int = 250
     selection_ratio: float = 0.1

@@ -36,6 +36,17 @@ class FinetuneConfig:
     `unlabelled_weight`, on a batch of the images stage 1 did not select, drawn beside each
     labelled batch with the same augmentation; an epoch stays one pass over the selected
     images. `unlabelled_weight` is not read with `none`.
+    `rounds`: self-training rounds, this project's variant, not the CluP paper's: in the
+    spirit of class-balanced self-training (CBST, Zou et al., ECCV 2018), whose selected
+    portion per class grows each round. 1 (CluP): stage 3 as above. With N > 1, round 1 is
+    that training; before each later round the model trained so far embeds and predicts
+    every target train image as stage 1's source model does (evaluation transforms, the
+    classifier's normalised input), the experiment's `cluster_labeler` settings recluster
+    and label them, and per class the best-scored share is selected, a share growing
+    linearly from `cluster_labeler.selection_ratio` (round 1) to `final_selection_ratio`
+    (round N); the model then trains `epochs` more epochs on the new table, from its
+    current weights with a fresh optimiser and schedule, with the same mixup, augmentation,
+    `pseudo_labels` and `unlabelled_loss`. `final_selection_ratio` is not read with 1.
     """
 
     init: Literal["swav", "source", "source_classifier", "scratch"] = "swav"
@@ -43,6 +54,8 @@ class FinetuneConfig:
     pseudo_labels: Literal["selected", "weighted"] = "selected"
     unlabelled_loss: Literal["none", "im"] = "none"
     unlabelled_weight: float = 1.0
+    rounds: int = 1
+    final_selection_ratio: float = 0.5
     epochs: int = 50
     batch_size: int = 32
     mixup_alpha: float = 0.2
@@ -51,6 +64,10 @@ class FinetuneConfig:
 
     def validate(self, key: str) -> None:
         check_fraction(self.color_jitter, f"{key}.color_jitter")
+        check_positive(self.rounds, f"{key}.rounds")
+        if not 0 < self.final_selection_ratio <= 1:
+            raise ConfigError(f"{key}.final_selection_ratio must be in (0, 1], "
+                              f"got {self.final_selection_ratio}")
         check_positive(self.epochs, f"{key}.epochs")
         check_positive(self.batch_size, f"{key}.batch_size")
         check_non_negative(self.mixup_alpha, f"{key}.mixup_alpha")

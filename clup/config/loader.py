@@ -282,6 +282,11 @@ def _convert_dataclass(value: Any, cls: type, key: str) -> Any:
     hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     check_keys(value, fields, key)
+    # A schema may default some values by others (`ExperimentConfig.defaults_for`: a
+    # method's recipe); what the mapping sets itself wins.
+    defaults_for = getattr(cls, "defaults_for", None)
+    if defaults_for is not None:
+        value = _merge(defaults_for(value), value)
     kwargs = {}
     for name, f in fields.items():
         if name in value:

@@ -29,7 +29,7 @@ from clup.distributed import DEVICES_VARIABLE, NODES_VARIABLE
 from clup.errors import CheckpointError, ConfigError, SlurmError
 from clup.io import read_json, write_json, write_text
 from clup.paths import DATA_ROOT_ENV, PREPARED_ROOT_ENV, USER_CONFIG_ENV
-from clup.pipeline import active_stages, done_record
+from clup.pipeline import active_stages, active_upstream, done_record
 from clup.plan import check_inputs
 from clup.registry import RUN_FILES, STAGES, RunLayout
 from clup.slurm.schema import SlurmStageConfig
@@ -59,19 +59,33 @@ def stage_resources(config: ExperimentConfig, name: str) -> SlurmStageConfig:
 
 
 def pending_stages(config: ExperimentConfig, run_dir: Path) -> list[str]:
-    """The active stages not done under the current settings, in the order they run."""
-    return [n for n in active_stages(config) if done_record(config, run_dir, n) is None]
+    """The active stages not done under the current settings, each after those it waits
+    for (so every job is submitted after its upstream jobs)."""
+    pending = [n for n in active_stages(config) if done_record(config, run_dir, n) is None]
+    ordered: list[str] = []
+
+    def place(name: str) -> None:
+        for upstream in active_upstream(config, STAGES[name]):
+            if upstream in pending and upstream not in ordered:
+                place(upstream)
+        if name not in ordered:
+            ordered.append(name)
+
+    for name in pending:
+        place(name)
+    return ordered
 
 
-def waits_for(name: str, pending: list[str]) -> list[str]:
+def waits_for(config: ExperimentConfig, name: str, pending: list[str]) -> list[str]:
     """The stages whose jobs, submitted together with this one, it must wait for."""
-    return [u for u in STAGES[name].upstream if u in pending]
+    return [u for u in active_upstream(config, STAGES[name]) if u in pending]
 
 
 def final_stages(config: ExperimentConfig) -> list[str]:
     """Stages no other stage waits for: the last of them to finish writes the results."""
     active = active_stages(config)
-    return [n for n in active if not any(n in STAGES[m].upstream for m in active)]
+    return [n for n in active
+            if not any(n in active_upstream(config, STAGES[m]) for m in active)]
 
 
 def sbatch_scripts(config: ExperimentConfig, run_dir: Path, workdir: Path,
@@ -83,7 +97,8 @@ def sbatch_scripts(config: ExperimentConfig, run_dir: Path, workdir: Path,
     """
     run_dir = workdir / run_dir
     pending = pending_stages(config, run_dir)
-    return {name: _script(config, run_dir, workdir, name, waits_for(name, pending), origin)
+    return {name: _script(config, run_dir, workdir, name, waits_for(config, name, pending),
+                          origin)
             for name in pending}
 
 
@@ -171,7 +186,7 @@ def submit(config: ExperimentConfig, origin: str, dry_run: bool = False) -> dict
     if dry_run:
         for name, script in scripts.items():
             path = folder / f"{name}.sbatch"
-            after = [f"<{u} job>" for u in waits_for(name, pending)]
+            after = [f"<{u} job>" for u in waits_for(config, name, pending)]
             print(f"\n==> {path} would be written and submitted with\n"
                   f"    {' '.join(_sbatch_command(path, after))}\n")
             print(script, end="")
@@ -187,7 +202,7 @@ def submit(config: ExperimentConfig, origin: str, dry_run: bool = False) -> dict
                          "login node, or run here without --launcher slurm")
     _check_previous_jobs(folder)
     write_text(RunLayout(config, run_dir).file("config"), dump_yaml(config))
-    jobs = _submit_in_order(folder, scripts, pending, origin)
+    jobs = _submit_in_order(config, folder, scripts, pending, origin)
     print(_describe_jobs(jobs, folder, run_dir))
     return {name: record["job_id"] for name, record in jobs.items()}
 
@@ -239,15 +254,15 @@ def _describe_resources(resources: SlurmStageConfig) -> str:
     return f"{nodes}{per_node}, {resources.cpus_per_task} CPUs per process, {resources.time}"
 
 
-def _submit_in_order(folder: Path, scripts: dict[str, str], pending: list[str],
-                     origin: str) -> dict[str, dict[str, Any]]:
+def _submit_in_order(config: ExperimentConfig, folder: Path, scripts: dict[str, str],
+                     pending: list[str], origin: str) -> dict[str, dict[str, Any]]:
     """Write and submit each script after the jobs it waits for; record them in jobs.json
     after every submission, so a failure part-way leaves a true record."""
     jobs: dict[str, dict[str, Any]] = {}
     for name, script in scripts.items():
         path = folder / f"{name}.sbatch"
         write_text(path, script)
-        after = waits_for(name, pending)
+        after = waits_for(config, name, pending)
         try:
             job_id, cluster = _sbatch(path, [jobs[u]["job_id"] for u in after])
         except SlurmError as err:

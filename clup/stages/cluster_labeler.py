@@ -3,7 +3,9 @@
 The source model embeds and predicts every target train image with evaluation
 transforms; K-means clusters the normalised embeddings (the classifier's input, whatever
 the head); each cluster is labelled by majority vote and scored by its purity (or another
-rule of `clup.clustering.scores`); per class the best-scored samples are kept.
+rule of `clup.clustering.scores`); per class the best-scored samples are kept. With
+`cluster_labeler.features: swav` K-means clusters stage 2's SwAV embeddings of the same images
+instead, and the source model's predictions still vote.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import lightning as L
 import numpy as np
 import torch
 from lightning.pytorch.loggers import WandbLogger
+from torch import nn
 
 from clup.clustering import PseudoLabels, cluster_pseudo_labels, features
 from clup.clustering.diagnostics import plot_diagnostics, score_diagnostics
@@ -26,7 +29,8 @@ from clup.config import ClusterLabelerConfig, ExperimentConfig, OptimizerConfig
 from clup.data.datamodule import DomainDataModule
 from clup.data.manifest import ImageTable
 from clup.io import write_json, write_text
-from clup.models.checkpoint import Classifier
+from clup.models.backbones import Backbone
+from clup.models.checkpoint import Classifier, load_backbone
 from clup.registry import StagePaths
 from clup.stages.common import (
     ClassifierModule,
@@ -44,7 +48,7 @@ class ClusterLabeler(L.LightningModule):
     whichever rank saw it; `pseudo_label` then clusters and labels them
     (`clup.clustering.cluster_pseudo_labels`)."""
 
-    def __init__(self, model: Classifier, config: ClusterLabelerConfig, seed: int,
+    def __init__(self, model: Classifier | SwAVEmbedder, config: ClusterLabelerConfig, seed: int,
                  feature_dir: Path, num_samples: int) -> None:
         super().__init__()
         self.model = model
@@ -94,6 +98,22 @@ class ClusterLabeler(L.LightningModule):
             kmeans_max_iter=c.kmeans_max_iter, kmeans_n_init=c.kmeans_n_init, progress=True)
 
 
+class SwAVEmbedder(nn.Module):
+    """Stage 2's SwAV backbone in the shape `ClusterLabeler` reads, (embedding, logits), for
+    `cluster_labeler.features: swav`; its logits are zeros (the cache holds their uniform
+    softmax) and never read: the votes are the source model's predictions."""
+
+    def __init__(self, backbone: Backbone, num_classes: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.feature_dim = backbone.out_dim
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        embedding = self.backbone(images)
+        return embedding, embedding.new_zeros(len(embedding), self.num_classes)
+
+
 def pseudo_label_csv(table: ImageTable, labels: PseudoLabels) -> str:
     """The pseudo-label table; purity and `score` (what the selection ranked, whatever the
     rule) are written exactly (shortest round-trip repr)."""
@@ -131,13 +151,16 @@ def run(config: ExperimentConfig, paths: StagePaths) -> dict[str, Any]:
     trainer = make_trainer(config, paths.folder, paths.name)
     if not labeler.features_complete:
         trainer.predict(labeler, datamodule=datamodule, return_predictions=False)
+    clustered = labeler
+    if config.cluster_labeler.features == "swav":
+        clustered = _swav_features(config, paths, trainer, len(table))
     source_eval = ClassifierModule(source.model, config.classes, OptimizerConfig())
     source_on_target = evaluate(trainer, source_eval, datamodule)
     if not trainer.is_global_zero:
         # The last collective is behind: rank 0 alone clusters, the others need not wait.
         finish_loggers(trainer)
         return {}
-    summary = _label_and_write(config, labeler, table, paths)
+    summary = _label_and_write(config, labeler, clustered, table, paths)
     write_json(paths.output("source_on_target"), source_on_target)
     plot = paths.output("plot")
     for logger in trainer.loggers:
@@ -154,11 +177,33 @@ def run(config: ExperimentConfig, paths: StagePaths) -> dict[str, Any]:
     }
 
 
-def _label_and_write(config: ExperimentConfig, labeler: ClusterLabeler, table: ImageTable,
-                     paths: StagePaths) -> dict[str, Any]:
-    """Cluster, label and select; write the `pseudo_labels` table and the `summary`."""
+def _swav_features(config: ExperimentConfig, paths: StagePaths, trainer: L.Trainer,
+                   num_samples: int) -> ClusterLabeler:
+    """The predict pass of stage 2's backbone over the target train images, at stage 2's
+    input settings, into the `swav_feature_cache`."""
+    backbone = load_backbone(paths.input("backbone"), config.backbone)
+    datamodule = DomainDataModule(
+        config.require_target(), config.classes, config.preprocessing,
+        eval_batch_size=config.cluster_labeler.batch_size, runtime=config.runtime,
+    )
+    datamodule.prepare_data()
+    datamodule.setup()
+    embedder = ClusterLabeler(SwAVEmbedder(backbone, len(config.classes)),
+                              config.cluster_labeler, config.seed,
+                              paths.output("swav_feature_cache"), num_samples)
+    if not embedder.features_complete:
+        trainer.predict(embedder, datamodule=datamodule, return_predictions=False)
+    return embedder
+
+
+def _label_and_write(config: ExperimentConfig, labeler: ClusterLabeler,
+                     clustered: ClusterLabeler, table: ImageTable, paths: StagePaths
+                     ) -> dict[str, Any]:
+    """Cluster `clustered`'s embeddings, label and select by `labeler`'s (the source
+    model's) predictions; write the `pseudo_labels` table and the `summary`."""
     begin = time.perf_counter()
-    embeddings, probs = features.load(labeler.feature_dir)
+    _, probs = features.load(labeler.feature_dir)
+    embeddings = features.load(clustered.feature_dir)[0]
     labels = labeler.pseudo_label(embeddings, probs)
     seconds = time.perf_counter() - begin
     write_text(paths.output("pseudo_labels"), pseudo_label_csv(table, labels))

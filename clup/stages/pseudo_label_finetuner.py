@@ -1,28 +1,44 @@
 """Stage 3: the SwAV backbone and a new head, trained on the selected pseudo-labels with mixup.
 
 The network may come from elsewhere for ablations (`finetune.init`); the variants of what it
-trains on (`finetune.pseudo_labels`, `finetune.unlabelled_loss`) are switches of this stage."""
+trains on (`finetune.pseudo_labels`, `finetune.unlabelled_loss`) and self-training rounds
+that relabel the target with the model trained so far (`finetune.rounds`,
+`clup.stages.self_training`) are switches of this stage."""
 
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from typing import Any
 
 import torch
 
 from clup.config import BackboneConfig, ExperimentConfig, OptimizerConfig, PreprocessingConfig
 from clup.data.datamodule import LABELLED_STREAM, UNLABELLED_STREAM, DomainDataModule
+from clup.io import write_json
 from clup.losses import information_maximization
 from clup.mixup import mixup_batch, mixup_cross_entropy
 from clup.models.backbones import Backbone, build_backbone
-from clup.models.checkpoint import Classifier, load_backbone, load_classifier
-from clup.registry import StagePaths
+from clup.models.checkpoint import Classifier, load_backbone, load_classifier, save_classifier
+from clup.registry import StagePaths, round_file, round_folder
 from clup.stages.common import (
     ClassifierModule,
+    close_stage,
+    evaluate,
+    evaluate_train_split,
+    finish_loggers,
     fit_and_evaluate,
+    fit_stage,
     gather_rows,
     load_source,
+    make_trainer,
     source_checkpoint,
+)
+from clup.stages.self_training import (
+    last_finished_round,
+    round_entry,
+    selection_ratios,
+    write_round_table,
 )
 
 
@@ -46,7 +62,8 @@ class PseudoLabelFinetuner(ClassifierModule):
         self.unlabelled_weight = unlabelled_weight
 
     def on_train_start(self) -> None:
-        """Each rank reads stage 1's table itself: check they all train on one subset."""
+        """Each rank reads the pseudo-label table itself (stage 1's, or a self-training
+        round's): check they all train on one subset."""
         loaders = self.trainer.train_dataloader
         dataset = (loaders[LABELLED_STREAM] if isinstance(loaders, dict) else loaders).dataset
         labels = dataset.table.labels[dataset.indices]
@@ -57,7 +74,7 @@ class PseudoLabelFinetuner(ClassifierModule):
         mine = torch.tensor(int.from_bytes(digest[:7], "big"), device=self.device)
         if (gather_rows(self, mine[None]) != mine).any():
             raise RuntimeError("the ranks read different pseudo-labelled subsets from "
-                               "stage 1's table; was it rewritten during stage 3?")
+                               "the pseudo-label table; was it rewritten during stage 3?")
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         labelled = batch if self.unlabelled_loss == "none" else batch[LABELLED_STREAM]
@@ -97,22 +114,95 @@ def initial_model(config: ExperimentConfig, paths: StagePaths
     return Classifier(backbone, len(config.classes)), backbone_config, preprocessing
 
 
-def run(config: ExperimentConfig, paths: StagePaths) -> dict[str, Any]:
-    """Fine-tune into the stage's `model` and write its `metrics`."""
+def finetuner(config: ExperimentConfig, model: Classifier) -> PseudoLabelFinetuner:
+    """Stage 3's module on `model`, as the `finetune` settings say."""
     finetune = config.finetune
-    model, backbone_config, preprocessing = initial_model(config, paths)
-    module = PseudoLabelFinetuner(model, config.classes, finetune.optimizer,
-                                  finetune.mixup_alpha, config.seed, finetune.unlabelled_loss,
-                                  finetune.unlabelled_weight)
-    datamodule = DomainDataModule(
+    return PseudoLabelFinetuner(model, config.classes, finetune.optimizer,
+                                finetune.mixup_alpha, config.seed, finetune.unlabelled_loss,
+                                finetune.unlabelled_weight)
+
+
+def finetune_data(config: ExperimentConfig, preprocessing: PreprocessingConfig,
+                  pseudo_labels: Path) -> DomainDataModule:
+    """The target domain, trained on the pseudo-label table `pseudo_labels`."""
+    finetune = config.finetune
+    return DomainDataModule(
         config.require_target(), config.classes, preprocessing,
         batch_size=finetune.batch_size, runtime=config.runtime,
         train_views="pseudo_labels",
-        pseudo_labels=paths.input("pseudo_labels"),
+        pseudo_labels=pseudo_labels,
         pseudo_label_rows=finetune.pseudo_labels,
         unselected_stream=finetune.unlabelled_loss != "none",
         color_jitter=finetune.color_jitter, augmentation=finetune.augmentation,
     )
-    metrics = fit_and_evaluate(config, paths, module, datamodule, finetune.epochs,
-                               backbone_config, train_split=True)
+
+
+def run(config: ExperimentConfig, paths: StagePaths) -> dict[str, Any]:
+    """Fine-tune into the stage's `model` and write its `metrics`; with `finetune.rounds`
+    > 1, in self-training rounds (`self_train`)."""
+    if config.finetune.rounds > 1:
+        return self_train(config, paths)
+    model, backbone_config, preprocessing = initial_model(config, paths)
+    metrics = fit_and_evaluate(config, paths, finetuner(config, model),
+                               finetune_data(config, preprocessing, paths.input("pseudo_labels")),
+                               config.finetune.epochs, backbone_config, train_split=True)
     return {"target_test_accuracy": metrics["accuracy"]}
+
+
+def self_train(config: ExperimentConfig, paths: StagePaths) -> dict[str, Any]:
+    """`finetune.rounds` rounds (`train_rounds`); the stage's `model` and `metrics` are the
+    last round's, and the metrics list each round's selection under `rounds`."""
+    finetune = config.finetune
+    ratios = selection_ratios(config.cluster_labeler.selection_ratio,
+                              finetune.final_selection_ratio, finetune.rounds)
+    model, backbone_config, preprocessing = train_rounds(config, paths, ratios)
+    datamodule = finetune_data(config, preprocessing, round_table(paths, finetune.rounds))
+    datamodule.prepare_data()
+    datamodule.setup()
+    module = ClassifierModule(model, config.classes, finetune.optimizer)
+    trainer = make_trainer(config, paths.folder, paths.name)
+    metrics = evaluate(trainer, module, datamodule)
+    metrics["train_split"] = evaluate_train_split(trainer, module, datamodule)
+    metrics["rounds"] = [round_entry(number, ratio, round_table(paths, number),
+                                     datamodule.train_table, len(config.classes))
+                         for number, ratio in enumerate(ratios, start=1)]
+    if trainer.is_global_zero:
+        save_classifier(paths.output("model"), model, config.classes, backbone_config,
+                        preprocessing, metadata={"test": metrics, "stage": paths.name})
+        write_json(paths.output("metrics"), metrics)
+    finish_loggers(trainer)
+    return {"target_test_accuracy": metrics["accuracy"]}
+
+
+def train_rounds(config: ExperimentConfig, paths: StagePaths, ratios: list[float]
+                 ) -> tuple[Classifier, BackboneConfig, PreprocessingConfig]:
+    """Train round after round, each in its own folder on its own table at its ratio
+    (`clup.stages.self_training`), from the weights the round before left, and keep each
+    round's model there; a restarted stage loads the last finished round and goes on."""
+    folder = paths.folder
+    finished = last_finished_round(folder, len(ratios))
+    if finished:
+        last = load_classifier(round_file(folder, finished, "model"))
+        model, backbone_config, preprocessing = last.model, last.backbone, last.preprocessing
+    else:
+        model, backbone_config, preprocessing = initial_model(config, paths)
+    for number in range(finished + 1, len(ratios) + 1):
+        table = round_table(paths, number)
+        if number > 1 and not table.is_file():
+            write_round_table(config, model, preprocessing, folder, paths.name, number,
+                              ratios[number - 1])
+        trainer = fit_stage(config, round_folder(folder, number), paths.name,
+                            finetuner(config, model),
+                            finetune_data(config, preprocessing, table), config.finetune.epochs)
+        if trainer.is_global_zero:
+            save_classifier(round_file(folder, number, "model"), model, config.classes,
+                            backbone_config, preprocessing,
+                            metadata={"stage": paths.name, "round": number})
+        close_stage(trainer, round_folder(folder, number))
+    return model, backbone_config, preprocessing
+
+
+def round_table(paths: StagePaths, number: int) -> Path:
+    """The pseudo-label table round `number` trains on: stage 1's for the first round."""
+    return paths.input("pseudo_labels") if number == 1 else round_file(paths.folder, number,
+                                                                        "pseudo_labels")
