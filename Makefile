@@ -9,7 +9,7 @@ SOURCES := source-afe source-rafdb
 # Extra `key=value` settings or flags for clup, e.g. make afe-expw ARGS="--dry-run"
 ARGS ?=
 
-.PHONY: help venv test lint demo benchmark-demo clean-demo digits benchmark-digits ablation-demo ablation-digits $(SETUPS) $(SOURCES)
+.PHONY: help venv test lint demo benchmark-demo clean-demo digits benchmark-digits ablation-demo ablation-digits ablation-demo-8000 $(SETUPS) $(SOURCES)
 
 help:
 	@echo "make demo          - run the whole CluP pipeline on the embedded synthetic-faces benchmark"
@@ -18,6 +18,7 @@ help:
 	@echo "make digits        - the whole pipeline on real digits shipped in packages, MNIST -> UCI"
 	@echo "make benchmark-digits - every method and ablation on MNIST -> UCI, 5 seeds"
 	@echo "make ablation-demo / ablation-digits - CluP's variants (issue 14), 5 seeds"
+	@echo "make ablation-demo-8000 - the variants at 8000 target images, 3 seeds"
 	@echo "make afe-expw      - a paper setup on your datasets (also afe-fer2013, rafdb-expw,"
 	@echo "                     rafdb-fer2013); needs CLUP_DATA_ROOT, see docs/datasets.md"
 	@echo "make source-afe    - train only a source model (also source-rafdb)"
@@ -59,6 +60,9 @@ ablation-demo: $(STAMP)
 
 ablation-digits: $(STAMP)
 	$(BIN)/clup benchmark experiments/ablation-digits.yaml
+
+ablation-demo-8000: $(STAMP)
+	$(BIN)/clup benchmark experiments/ablation-demo-8000.yaml
 
 $(SETUPS): $(STAMP)
 	$(BIN)/clup run experiments/$@.yaml $(ARGS)
