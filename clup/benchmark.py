@@ -106,6 +106,8 @@ def load_grid(path: Path) -> Grid:
             raise ConfigError(f"{path}: {key} must map labels to "
                               f"{'experiment files' if key == 'setups' else 'settings'}")
     methods = {str(k): dict(v or {}) for k, v in raw["methods"].items()}
+    for key in ("setups", "methods"):
+        _check_distinct_folders(path, key, [str(label) for label in raw[key]])
     jobs = raw.get("jobs", "auto")
     if jobs != "auto" and (not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 1):
         raise ConfigError(f"{path}: jobs must be a positive integer or auto, got {jobs!r}")
@@ -296,8 +298,23 @@ def _ranking_note(rows: list[dict[str, Any]]) -> str:
             + ", ".join(parts))
 
 
+def _check_distinct_folders(path: Path, key: str, labels: list[str]) -> None:
+    """Two labels naming one run folder would overwrite each other's runs (on a
+    case-insensitive disk too): refuse them, naming both."""
+    seen: dict[str, str] = {}
+    for label in labels:
+        folder = _slug(label).lower()
+        if folder in seen:
+            raise ConfigError(f"{path}: {key} {seen[folder]!r} and {label!r} would share the "
+                              f"run folder {_slug(label)!r}; rename one")
+        seen[folder] = label
+
+
 def _slug(text: str) -> str:
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text.replace("->", "-to-")).strip("-.")
+    """A label as a folder name: `->` as `-to-`, `+` as `-plus`, other runs of characters
+    outside letters, digits and `._-` as one `-`."""
+    text = text.replace("->", "-to-").replace("+", "-plus")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-.")
     if not slug:
         raise ConfigError(f"{text!r} cannot name a folder")
     return slug

@@ -89,6 +89,21 @@ def test_bad_grids_name_the_problem(tmp_path: Path) -> None:
     path.write_text("name: g\nseeds: [zero]\nsetups: {a: x.yaml}\nmethods: {m: {}}\n")
     with pytest.raises(ConfigError, match="seeds must be a list of integers"):
         load_grid(path)
+    # "CluP+" once became CluP's folder and overwrote its runs; "Tent"/"tent" share one on a
+    # case-insensitive disk.
+    for methods, pair in (("{CluP: {}, CluP+: {}, CluP plus: {}}", "'CluP\\+' and 'CluP plus'"),
+                          ("{Tent: {}, tent: {}}", "'Tent' and 'tent'")):
+        path.write_text(f"name: g\nseeds: [0]\nsetups: {{a: x.yaml}}\nmethods: {methods}\n")
+        with pytest.raises(ConfigError, match=f"methods {pair} would share the run folder"):
+            load_grid(path)
+
+
+def test_labels_become_distinct_folder_names() -> None:
+    from clup.benchmark import _slug
+
+    assert _slug("studio->wild") == "studio-to-wild"
+    assert _slug("CluP+") == "CluP-plus" != _slug("CluP")
+    assert _slug("CluP, all images weighted") == "CluP-all-images-weighted"
 
 
 def test_grid_stages_skip_wandbs_console_copy_unless_the_grid_asks(tmp_path: Path) -> None:
