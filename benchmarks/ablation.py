@@ -70,7 +70,41 @@ def tables(rows: list[dict[str, str]], by: str) -> str:
             values = cells[(setup, method)]
             out.append(f"| {method} | {seeds[(setup, method)]} | " + " | ".join(
                 _cell(values[column], scale) for column, _, scale in COLUMNS) + " |")
+        out += ["", "How well each chooser ranks the methods' mean test accuracy (Spearman, "
+                "over the methods that have both): " + ", ".join(
+                    f"{chooser} {rho:+.2f}" for chooser in CHOOSERS
+                    if (rho := _spearman_of(cells, setup, methods, chooser)) is not None)]
     return "\n".join(out)
+
+
+def _spearman_of(cells: dict, setup: str, methods: list[str], chooser: str) -> float | None:
+    pairs = [(_stats(cells[(setup, m)][chooser]), _stats(cells[(setup, m)]["target_accuracy"]))
+             for m in methods]
+    pairs = [(a[0], b[0]) for a, b in pairs if a is not None and b is not None]
+    return spearman(*zip(*pairs, strict=True)) if len(pairs) > 2 else None
+
+
+def _ranks(values: tuple[float, ...]) -> list[float]:
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    i = 0
+    while i < len(order):  # ties share their mean rank
+        j = i
+        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            ranks[order[k]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman(x: tuple[float, ...], y: tuple[float, ...]) -> float | None:
+    """Spearman's rank correlation: Pearson's of the ranks (ties at their mean rank)."""
+    rx, ry = _ranks(x), _ranks(y)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return sxy / math.sqrt(sxx * syy) if sxx and syy else None
 
 
 def main(argv: list[str] | None = None) -> int:

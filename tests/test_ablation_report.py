@@ -50,3 +50,13 @@ def test_a_grid_folder_without_its_table_says_so(tmp_path: Path) -> None:
         writer.writeheader()
         writer.writerows(_rows({"A": 0.1, "B": 0.2, "C": 0.3}))
     assert len(ablation.read_rows(tmp_path)) == 6
+
+
+def test_spearman_against_hand_values_and_the_footer() -> None:
+    assert ablation.spearman((1, 2, 3, 4), (10, 20, 30, 40)) == pytest.approx(1.0)
+    assert ablation.spearman((1, 2, 3, 4), (4, 3, 2, 1)) == pytest.approx(-1.0)
+    # Ranks (0, 1, 2.5, 2.5) against (0, 2, 1, 3): Pearson of the ranks, by hand 0.632.
+    assert ablation.spearman((1, 2, 3, 3), (1, 3, 2, 4)) == pytest.approx(0.6324555, abs=1e-6)
+    assert ablation.spearman((1, 1, 1), (1, 2, 3)) is None
+    text = ablation.tables(_rows({"A": 0.6, "B": 0.9, "C": 0.1}), "train_accuracy")
+    assert "train_accuracy +1.00" in text and "train_im -1.00" in text
