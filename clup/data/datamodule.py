@@ -310,6 +310,11 @@ class DomainDataModule(L.LightningDataModule):
         dataset = ImageDataset(self.splits[self._evaluated], eval_transform(self.preprocessing))
         return self._loader(dataset, self.eval_batch_size, shuffle=False)
 
+    @property
+    def evaluated_split(self) -> str:
+        """The split `trainer.test` evaluates: `test`, or `train` inside `evaluating`."""
+        return self._evaluated
+
     @contextmanager
     def evaluating(self, split: str) -> Iterator[None]:
         """Within it, `trainer.test` evaluates `split` ("train" or "test")."""

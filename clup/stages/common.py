@@ -25,6 +25,7 @@ from clup.config import (
     config_to_dict,
 )
 from clup.data.datamodule import DomainDataModule
+from clup.data.manifest import UNLABELLED
 from clup.distributed import cluster_environment, device_layout
 from clup.errors import ConfigError
 from clup.evaluation import classification_metrics
@@ -100,8 +101,6 @@ class ClassifierModule(L.LightningModule):
         self.test_metrics: dict[str, Any] = {}
         self._test_outputs: list[torch.Tensor] = []
         self._test_probs: list[torch.Tensor] = []
-        self.evaluated_split = "test"
-        """The prefix of the metrics `trainer.test` logs: `test`, or `train_split`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)[1]
@@ -133,16 +132,19 @@ class ClassifierModule(L.LightningModule):
         # DDP's sampler pads the split with repeats so every rank gets as many images.
         _, first = np.unique(indices, return_index=True)
         predictions, labels, probs = predictions[first], labels[first], probs[first]
-        if (labels >= 0).all():
+        if (labels != UNLABELLED).all():
             self.test_metrics = classification_metrics(predictions, labels, self.classes)
         else:
             self.test_metrics = {"accuracy": None, "count": int(len(labels))}
         measures = label_free_measures(probs) if len(probs) else {}
         self.test_metrics.update(measures)
+        # The split the datamodule evaluates (`DomainDataModule.evaluating`) names the metrics.
+        split = getattr(self.trainer.datamodule, "evaluated_split", "test")
+        prefix = "test" if split == "test" else f"{split}_split"
         logged = {"accuracy": self.test_metrics["accuracy"], **measures}
         for name, value in logged.items():
             if value is not None:
-                self.log(f"{self.evaluated_split}/{name}", value, rank_zero_only=True)
+                self.log(f"{prefix}/{name}", value, rank_zero_only=True)
 
     def log_train(self, loss: torch.Tensor, batch_size: int, **extra: float) -> None:
         """Training metrics, averaged over the ranks when several train."""
@@ -342,16 +344,29 @@ def fit_and_evaluate(
     adapted model) these also hold `train_split`, its measures on the target train split
     (`evaluate_train_split`)."""
     trainer = fit_stage(config, paths.folder, paths.name, module, datamodule, epochs)
+    metrics = evaluate_and_save(paths, trainer, module, datamodule, backbone,
+                                train_split=train_split)
+    close_stage(trainer, paths.folder)
+    return metrics
+
+
+def evaluate_and_save(paths: StagePaths, trainer: L.Trainer, module: ClassifierModule,
+                      datamodule: DomainDataModule, backbone: BackboneConfig, *,
+                      train_split: bool = False, extra: dict[str, Any] | None = None
+                      ) -> dict[str, Any]:
+    """The end of a stage that trains a classifier: evaluate it on the test split (and with
+    `train_split` on the train split, `evaluate_train_split`), add `extra`, and on rank 0
+    save it as the stage's `model` and the metrics as its `metrics`."""
     metrics = evaluate(trainer, module, datamodule)
     if train_split:
         metrics["train_split"] = evaluate_train_split(trainer, module, datamodule)
+    metrics.update(extra or {})
     if trainer.is_global_zero:
         save_classifier(
             paths.output("model"), module.model, module.classes, backbone,
             datamodule.preprocessing, metadata={"test": metrics, "stage": paths.name},
         )
         write_json(paths.output("metrics"), metrics)
-    close_stage(trainer, paths.folder)
     return metrics
 
 
@@ -373,10 +388,6 @@ def evaluate_train_split(trainer: L.Trainer, module: ClassifierModule,
     """The model on the target train split with evaluation transforms: the label-free
     measures of `clup.validators`, and its accuracy where the split has labels (a
     diagnostic of this project's benchmarks, which know them; a user's target may not)."""
-    module.evaluated_split = "train_split"
-    try:
-        with datamodule.evaluating("train"):
-            trainer.test(module, datamodule=datamodule, verbose=False)
-    finally:
-        module.evaluated_split = "test"
+    with datamodule.evaluating("train"):
+        trainer.test(module, datamodule=datamodule, verbose=False)
     return {key: module.test_metrics.get(key) for key in ("accuracy", "count", *VALIDATORS)}

@@ -15,7 +15,6 @@ import torch
 
 from clup.config import BackboneConfig, ExperimentConfig, OptimizerConfig, PreprocessingConfig
 from clup.data.datamodule import LABELLED_STREAM, UNLABELLED_STREAM, DomainDataModule
-from clup.io import write_json
 from clup.losses import information_maximization
 from clup.mixup import mixup_batch, mixup_cross_entropy
 from clup.models.backbones import Backbone, build_backbone
@@ -24,8 +23,7 @@ from clup.registry import StagePaths, round_file, round_folder
 from clup.stages.common import (
     ClassifierModule,
     close_stage,
-    evaluate,
-    evaluate_train_split,
+    evaluate_and_save,
     finish_loggers,
     fit_and_evaluate,
     fit_stage,
@@ -161,15 +159,11 @@ def self_train(config: ExperimentConfig, paths: StagePaths) -> dict[str, Any]:
     datamodule.setup()
     module = ClassifierModule(model, config.classes, finetune.optimizer)
     trainer = make_trainer(config, paths.folder, paths.name)
-    metrics = evaluate(trainer, module, datamodule)
-    metrics["train_split"] = evaluate_train_split(trainer, module, datamodule)
-    metrics["rounds"] = [round_entry(number, ratio, round_table(paths, number),
-                                     datamodule.train_table, len(config.classes))
-                         for number, ratio in enumerate(ratios, start=1)]
-    if trainer.is_global_zero:
-        save_classifier(paths.output("model"), model, config.classes, backbone_config,
-                        preprocessing, metadata={"test": metrics, "stage": paths.name})
-        write_json(paths.output("metrics"), metrics)
+    rounds = [round_entry(number, ratio, round_table(paths, number), datamodule.train_table,
+                          len(config.classes))
+              for number, ratio in enumerate(ratios, start=1)]
+    metrics = evaluate_and_save(paths, trainer, module, datamodule, backbone_config,
+                                train_split=True, extra={"rounds": rounds})
     finish_loggers(trainer)
     return {"target_test_accuracy": metrics["accuracy"]}
 
